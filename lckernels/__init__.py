@@ -1,0 +1,12 @@
+"""lckernels: fused kernels for RL post-training of (MoE) LLMs.
+
+Every op has a readable PyTorch reference, a fast CPU path (C++ in csrc/) and a Triton GPU kernel, chosen by one
+dispatch rule (see :mod:`lckernels.backend`).
+"""
+
+from .backend import BACKENDS, resolve_backend
+from .ops.logprobs import fused_logprobs
+
+__version__ = "0.1.0"
+
+__all__ = ["fused_logprobs", "resolve_backend", "BACKENDS", "__version__"]
