@@ -59,11 +59,12 @@ def _logprobs_fwd_kernel(
             acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
         z = tl.where(col_ok[None, :], acc * inv_temperature, float("-inf"))
         m_new = tl.maximum(m, tl.max(z, 1))
-        diff = z - m_new[:, None]
-        e = tl.exp(diff)
-        ed = tl.where(col_ok[None, :], e * diff, 0.0)
-        alpha = tl.exp(m - m_new)
-        t = alpha * (t + tl.where(s > 0, (m - m_new) * s, 0.0)) + tl.sum(ed, 1)
+        # padded columns: diff 0 and e 0, so no 0 * inf NaNs are formed even transiently
+        diff = tl.where(col_ok[None, :], z - m_new[:, None], 0.0)
+        e = tl.where(col_ok[None, :], tl.exp(diff), 0.0)
+        alpha = tl.exp(m - m_new)  # 0 on the first tile (m = -inf)
+        shift = tl.where(s > 0, m - m_new, 0.0)
+        t = alpha * (t + shift * s) + tl.sum(e * diff, 1)
         s = alpha * s + tl.sum(e, 1)
         m = m_new
         zy += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), 1)
@@ -144,19 +145,30 @@ BWD_CONFIGS = (
 INTERPRETER_CONFIG = Config(16, 32, 32, 1, 1)  # small tiles keep the NumPy interpreter fast; tl.dot needs >= 16
 
 
-def pick_config(configs, n_rows: int, dtype: torch.dtype) -> Config:
+def configs_for(configs, dtype: str, precision: str):
+    """The shipped configs that may run for this input dtype/precision: plain-FMA fp32 ("ieee") uses the small
+    tile; tensor-core work (16-bit inputs, or fp32 with TF32) the 64/128-row tiles that map to wgmma on sm_90."""
+    if dtype == "fp32" and precision == "ieee":
+        return (configs[2],)
+    return configs[:2]
+
+
+def pick_config(configs, n_rows: int, dtype: torch.dtype, precision: str) -> Config:
     if interpreter_enabled():
         return INTERPRETER_CONFIG
-    if dtype == torch.float32:
-        return configs[2]
-    return configs[1] if n_rows >= 8192 else configs[0]
+    usable = configs_for(configs, "fp32" if dtype == torch.float32 else "16bit", precision)
+    if len(usable) == 1:
+        return usable[0]
+    return usable[1] if n_rows >= 8192 else usable[0]
 
 
-def _dot_precision() -> str:
-    # follow PyTorch's own switch so fp32 results match torch.matmul's (ieee unless the user allowed TF32)
-    if torch.cuda.is_available() and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
+def _dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` of tl.dot.  fp32 follows PyTorch's own switch so results match torch.matmul's ("ieee"
+    unless the user allowed TF32); 16-bit inputs ignore it, and always pass "tf32" so the runtime kernel is the very
+    variant the AOT test compiles."""
+    if dtype == torch.float32 and not (torch.cuda.is_available() and torch.backends.cuda.matmul.allow_tf32):
+        return "ieee"
+    return "tf32"
 
 
 GPU_CHUNK_BYTES = 256 << 20  # dZ chunk budget in the backward on GPU
@@ -179,13 +191,14 @@ def logprobs_forward_triton(hidden, weight, targets, temperature: float, ignore_
     lse = torch.empty(n, device=hidden.device, dtype=torch.float32)
     if n == 0:
         return lp, ent, lse
-    cfg = pick_config(FWD_CONFIGS, n, hidden.dtype)
+    prec = _dot_precision(hidden.dtype)
+    cfg = pick_config(FWD_CONFIGS, n, hidden.dtype, prec)
     grid = (triton.cdiv(n, cfg.BLOCK_N),)
     _logprobs_fwd_kernel[grid](
         hidden, weight, targets, lp, ent, lse,
         n, v, d, hidden.stride(0), weight.stride(0),
         1.0 / temperature, ignore_index,
-        BLOCK_N=cfg.BLOCK_N, BLOCK_V=cfg.BLOCK_V, BLOCK_D=cfg.BLOCK_D, DOT_PRECISION=_dot_precision(),
+        BLOCK_N=cfg.BLOCK_N, BLOCK_V=cfg.BLOCK_V, BLOCK_D=cfg.BLOCK_D, DOT_PRECISION=prec,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return lp, ent, lse
@@ -205,10 +218,10 @@ def logprobs_backward_triton(hidden, weight, targets, lse, ent, grad_lp, grad_en
     g = grad_lp.to(torch.float32).contiguous()
     has_ge = grad_ent is not None
     ge = grad_ent.to(torch.float32).contiguous() if has_ge else g
-    cfg = pick_config(BWD_CONFIGS, n, hidden.dtype)
+    prec = _dot_precision(hidden.dtype)
+    cfg = pick_config(BWD_CONFIGS, n, hidden.dtype, prec)
     chunk = _chunk(n, v, hidden.element_size())
     dz = torch.empty(n, chunk, device=dev, dtype=hidden.dtype)
-    prec = _dot_precision()
     for c0 in range(0, v, chunk):
         c = min(chunk, v - c0)
         dzc = dz[:, :c]
@@ -243,7 +256,7 @@ def aot_specs():
     """
     specs = []
     for dtype, prec in _AOT_VARIANTS:
-        for cfg in FWD_CONFIGS:
+        for cfg in configs_for(FWD_CONFIGS, dtype, prec):
             specs.append(dict(
                 name=f"logprobs_fwd[{dtype}-{prec}-{cfg.BLOCK_N}x{cfg.BLOCK_V}x{cfg.BLOCK_D}-w{cfg.num_warps}]",
                 fn=_logprobs_fwd_kernel, gemm=prec != "ieee",
@@ -254,7 +267,7 @@ def aot_specs():
                             "DOT_PRECISION": prec},
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             ))
-        for cfg in BWD_CONFIGS:
+        for cfg in configs_for(BWD_CONFIGS, dtype, prec):
             for has_ge in (False, True):
                 specs.append(dict(
                     name=(f"logprobs_bwd_dlogits[{dtype}-{prec}-{cfg.BLOCK_N}x{cfg.BLOCK_V}x{cfg.BLOCK_D}"

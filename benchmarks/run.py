@@ -1,0 +1,231 @@
+"""Benchmark CLI: ``python -m benchmarks.run --op fused_logprobs [--N 256 1024] [--V 32000] [--no-memory] ...``.
+
+Times every available provider of the op side by side in this process (same inputs, same thread count), measures
+each provider's extra peak memory in its own subprocess, appends the rows to the results CSV, draws one PNG per
+(op, mode, metric) and prints a table of medians with their ratios to the op's anchor (what users run today) and to
+its physical limit.  :func:`run` and :func:`format_table` are the same thing as a library, for demo scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Iterable
+
+import torch
+
+from .common import CSV_COLUMNS, append_csv, device_label, git_commit, peak_memory_subprocess, plot_rows, time_fn
+
+# op name -> module with the providers (see benchmarks/ops/__init__.py for the interface a module must provide).
+OPS: dict[str, str] = {
+    "fused_logprobs": "benchmarks.ops.logprobs",
+}
+
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_CSV = BENCH_DIR / "results.csv"
+DEFAULT_PLOT_DIR = BENCH_DIR / "out"
+
+
+def load_op(op: str) -> ModuleType:
+    """The provider module of ``op``; ``ValueError`` listing the registered ops if it is unknown."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; choose from: {', '.join(sorted(OPS))}")
+    return importlib.import_module(OPS[op])
+
+
+def _log(verbose: bool, msg: str) -> None:
+    if verbose:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _select(kind: str, wanted: Iterable[str] | None, known: Iterable[str], usable: Iterable[str] | None = None,
+            verbose: bool = False) -> list[str]:
+    """Validate a user's list against ``known`` (ValueError) and drop the ones not ``usable`` here (with a note)."""
+    known, usable = list(known), list(usable if usable is not None else known)
+    if wanted is None:
+        return usable
+    wanted = list(wanted)
+    bad = [w for w in wanted if w not in known]
+    if bad:
+        raise ValueError(f"unknown {kind} {', '.join(map(repr, bad))}; choose from: {', '.join(known)}")
+    skipped = [w for w in wanted if w not in usable]
+    if skipped:
+        _log(True, f"note: skipping {kind} not available here: {', '.join(skipped)}")
+    return [w for w in wanted if w in usable]
+
+
+def run(op: str, *, modes: Iterable[str] | None = None, providers: Iterable[str] | None = None, repeats: int = 3,
+        warmup: int = 1, memory: bool | Iterable[str] = True, out: str | Path | None = DEFAULT_CSV,
+        plot_dir: str | Path | None = DEFAULT_PLOT_DIR, device: str | None = None, verbose: bool = False,
+        **params) -> list[dict]:
+    """Run the sweep of ``op`` and return its rows (dicts with the CSV columns, plus ``config``).
+
+    Args:
+        op: a key of :data:`OPS`.
+        modes, providers: subsets of the op's modes / providers (default: all that can run on ``device``).
+        repeats, warmup: timed and untimed calls per (x, mode, provider).
+        memory: ``True`` measures every provider's peak memory (one subprocess each), ``False`` none, or an
+            iterable of provider names to measure only those.
+        out: CSV to append to (``None``: don't write).  plot_dir: PNG folder (``None``: no plots).
+        device: ``"cpu"`` / ``"cuda"``; default CUDA when available.
+        **params: the op's sweep and fixed parameters, e.g. ``N=[256, 1024], V=32000, D=512, dtype="float32"``.
+    """
+    mod = load_op(op)
+    unknown = sorted(set(params) - set(mod.DEFAULTS))
+    if unknown:
+        raise TypeError(f"{op}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(mod.DEFAULTS)}")
+    params = {**mod.DEFAULTS, **params}
+    xs = params.pop(mod.X_NAME)
+    xs = [xs] if isinstance(xs, (int, float)) else list(xs)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    modes = _select("mode", modes, mod.MODES)
+    providers = _select("provider", providers, mod.PROVIDERS, mod.available_providers(device), verbose)
+    if memory is True:
+        mem_providers = list(providers)
+    elif not memory:
+        mem_providers = []
+    else:
+        mem_providers = [p for p in _select("provider", memory, mod.PROVIDERS) if p in providers]
+
+    base = {"op": op, "x_name": mod.X_NAME, "device": device_label(device), "commit": git_commit(),
+            "config": mod.describe(params)}
+    threads = torch.get_num_threads()
+    rows: list[dict] = []
+    for x in xs:
+        inputs = mod.make_inputs(x, params, device)
+        for mode in modes:
+            for prov in providers:
+                fn = mod.make_fn(prov, mode, inputs)
+                t = time_fn(fn, warmup=warmup, repeats=repeats, device=device)
+                del fn
+                rows.append({**base, "provider": prov, "mode": mode, "metric": "time", "unit": "ms", "x_value": x,
+                             "median": t.median, "p20": t.p20, "p80": t.p80})
+                _log(verbose, f"{op} {mode:8s} {mod.X_NAME}={x:<7} {prov:22s} {t.median:10.2f} ms")
+        del inputs
+        gc.collect()
+        for mode in modes:
+            for prov in mem_providers:
+                spec = {"module": mod.__name__, "provider": prov, "mode": mode, "x": x, "params": params,
+                        "device": device, "threads": threads}
+                mib = peak_memory_subprocess(spec)
+                rows.append({**base, "provider": prov, "mode": mode, "metric": "peak_mem", "unit": "MiB",
+                             "x_value": x, "median": mib, "p20": mib, "p80": mib})
+                _log(verbose, f"{op} {mode:8s} {mod.X_NAME}={x:<7} {prov:22s} {mib:10.1f} MiB peak")
+    if out is not None:
+        append_csv(out, rows)
+    if plot_dir is not None:
+        plot_rows(rows, plot_dir, subtitle=base["config"])
+    return rows
+
+
+def _ratio(num: float | None, den: float | None) -> str:
+    return f"{num / den:.2f}x" if num is not None and den else "-"
+
+
+def format_table(rows: list[dict]) -> str:
+    """Plain-text table: per (mode, x), each provider's median time, its ratios to the anchor and the limit, and
+    its peak memory.  Ratios are provider time / reference time, so < 1 means faster than that reference."""
+    out = []
+    by_op: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_op.setdefault((r["op"], r.get("config", ""), r["device"], r["commit"]), []).append(r)
+    for (op, config, device, commit), grp in by_op.items():
+        mod = load_op(op)
+        anchor, limit = mod.ANCHOR, mod.LIMIT
+        time = {(r["mode"], r["x_value"], r["provider"]): r for r in grp if r["metric"] == "time"}
+        mem = {(r["mode"], r["x_value"], r["provider"]): r["median"] for r in grp if r["metric"] == "peak_mem"}
+        keys = list(dict.fromkeys((r["mode"], r["x_value"]) for r in grp))
+        x_name = grp[0]["x_name"]
+        out.append(f"{op}  {config}  |  {device}  |  commit {commit}")
+        out.append(f"time = median ms [p20-p80]; t/{anchor} and t/{limit} = median / their median (lower = faster); "
+                   "peak = extra peak MiB in a fresh process")
+        head = (f"{'mode':8s} {x_name:>6s}  {'provider':22s} {'time ms':>10s} {'[p20-p80]':>19s} "
+                f"{'t/' + anchor:>15s} {'t/' + limit:>14s} {'peak MiB':>9s}")
+        out.append(head)
+        out.append("-" * len(head))
+        for mode, x in keys:
+            provs = list(dict.fromkeys(r["provider"] for r in grp if (r["mode"], r["x_value"]) == (mode, x)))
+            t_anchor = time.get((mode, x, anchor), {}).get("median")
+            t_limit = time.get((mode, x, limit), {}).get("median")
+            for prov in provs:
+                t = time.get((mode, x, prov))
+                med = t["median"] if t else None
+                band = f"[{t['p20']:.2f}-{t['p80']:.2f}]" if t else ""
+                peak = mem.get((mode, x, prov))
+                out.append(f"{mode:8s} {x!s:>6s}  {prov:22s} {med if med is not None else float('nan'):10.2f} "
+                           f"{band:>19s} {_ratio(med, t_anchor):>15s} {_ratio(med, t_limit):>14s} "
+                           f"{(f'{peak:.1f}' if peak is not None else '-'):>9s}")
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _split(values: list[str] | None, cast=str) -> list | None:
+    """``["256,1024", "2048"]`` -> ``[256, 1024, 2048]`` (lists may be space- or comma-separated)."""
+    if values is None:
+        return None
+    return [cast(v) for item in values for v in item.split(",") if v]
+
+
+def _parser(mod: ModuleType | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--op", required=True, help=f"op to benchmark: {', '.join(sorted(OPS))}")
+    p.add_argument("--modes", nargs="+", help="subset of the op's modes (default: all)")
+    p.add_argument("--providers", nargs="+", help="subset of the providers (default: all available here)")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per point")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per point before timing")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
+    p.add_argument("--out", default=str(DEFAULT_CSV), help="CSV to append rows to")
+    p.add_argument("--plot-dir", default=str(DEFAULT_PLOT_DIR), help="folder for the PNG plots")
+    if mod is not None:
+        g = p.add_argument_group(f"{mod.OP} parameters")
+        for name, default in mod.DEFAULTS.items():
+            if isinstance(default, (list, tuple)):
+                g.add_argument(f"--{name}", nargs="+", default=None,
+                               help=f"sweep values (default: {' '.join(map(str, default))})")
+            else:
+                g.add_argument(f"--{name}", type=type(default), default=default)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit status."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--op")
+    known, _ = pre.parse_known_args(argv)
+    mod = None
+    if known.op is not None:
+        try:
+            mod = load_op(known.op)
+        except ValueError as exc:
+            _parser(None).error(str(exc))
+    args = _parser(mod).parse_args(argv)
+    params = {}
+    for name, default in mod.DEFAULTS.items():
+        value = getattr(args, name)
+        if isinstance(default, (list, tuple)):
+            if value is not None:
+                params[name] = _split(value, type(default[0]))
+        else:
+            params[name] = value
+    try:
+        rows = run(args.op, modes=_split(args.modes), providers=_split(args.providers), repeats=args.repeats,
+                   warmup=args.warmup, memory=not args.no_memory, out=args.out, plot_dir=args.plot_dir,
+                   device=args.device, verbose=True, **params)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    print(f"appended {len(rows)} rows to {args.out}; plots in {args.plot_dir}")
+    return 0
+
+
+__all__ = ["OPS", "CSV_COLUMNS", "load_op", "run", "format_table", "main"]
+
+if __name__ == "__main__":
+    sys.exit(main())
