@@ -312,3 +312,16 @@ def test_triton_edge_cases(kernel_device):
     a = lckernels.fused_logprobs(h, w, torch.randint(0, 40, (5,), device=kernel_device), backend="triton")
     b = lckernels.fused_logprobs(h, w, torch.randint(0, 40, (5,), device=kernel_device), backend="triton")
     assert a.shape == b.shape == (5,)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_triton_shipped_configs(dtype, kernel_device, monkeypatch):
+    """The tile shapes that run on GPUs (not only the small interpreter tile) give the reference's numbers."""
+    from lckernels.ops.logprobs import triton as tk
+
+    prec = "ieee" if dtype == torch.float32 else "tf32"
+    for cfg in set(tk.configs_for(tk.FWD_CONFIGS, "fp32" if dtype == torch.float32 else "16bit", prec)):
+        monkeypatch.setattr(tk, "INTERPRETER_CONFIG", cfg)
+        monkeypatch.setattr(tk, "pick_config", lambda configs, n, dt, p, cfg=cfg: cfg)
+        check_against_reference(op("triton"), (70,), 80, 300, dtype, 0.9, ignore=(5,), device=kernel_device)
