@@ -33,7 +33,7 @@ $(VENV)/.torch: | $(PY)
 # Editable install without build isolation (an isolated build would fetch a second torch); the extension is built
 # in place by the next step instead, so LCK_NO_EXT=1 here.
 $(VENV)/.deps: pyproject.toml setup.py $(VENV)/.torch
-	$(PIP) install --quiet "setuptools>=69" wheel ninja "pybind11>=2.12"
+	$(PIP) install --quiet "setuptools>=77" wheel ninja "pybind11>=2.12"
 	LCK_NO_EXT=1 $(PIP) install --quiet --no-build-isolation -e ".[test]"
 	@touch $@
 

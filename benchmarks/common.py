@@ -88,23 +88,69 @@ def time_fn(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5,
         fn()
         synchronize(device)
         samples.append((time.perf_counter() - t0) * 1e3)
+    return _timing(samples)
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 1, repeats: int = 5,
+                     device: str | torch.device = "cpu") -> dict[str, Timing]:
+    """Like :func:`time_fn` for several contenders, but round-robin: repeat ``r`` times every contender once
+    before repeat ``r + 1`` starts, so drifting machine load (other jobs, thermal) hits all of them alike."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1; got {repeats}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: _timing(xs) for name, xs in samples.items()}
+
+
+def _timing(samples: Sequence[float]) -> Timing:
     xs = sorted(samples)
     return Timing(_quantile(xs, 0.5), _quantile(xs, 0.2), _quantile(xs, 0.8), tuple(samples))
 
 
 # ---------------------------------------------------------------------------------------------------- peak memory
-def _rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+def _peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB.
+
+    ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is the portable answer, but Linux carries it across fork + exec:
+    a child spawned by a parent that holds 2 GiB starts with ``ru_maxrss`` >= 2 GiB, which hides the child's own
+    peak.  So on Linux read ``VmHWM`` from ``/proc/self/status`` instead: the high-water mark of the child's own
+    address space.  Elsewhere fall back to ``ru_maxrss`` (KiB on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
+def _reset_peak_rss() -> None:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0); harmless no-op where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _measure_in_this_process(spec: dict) -> float:
-    """Body of the memory subprocess: extra peak MiB of one ``make_fn(provider, mode, inputs)()`` call.
+    """Body of the memory subprocess: extra peak MiB of ``make_fn(provider, mode, inputs)()``.
 
     A tiny warm-up call (``module.WARMUP_OVERRIDES``) first loads libraries and thread pools, so one-time
-    initialisation is not charged to the provider; its own peak is far below the real inputs, so it does not raise
-    the baseline.  The baseline is taken after the real inputs and the callable exist.
+    initialisation is not charged to the provider.  The baseline is taken after the real inputs and the callable
+    exist (the high-water mark is reset there where the OS allows it).
     """
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
@@ -125,10 +171,11 @@ def _measure_in_this_process(spec: dict) -> float:
             fn()
         synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / (1 << 20)
-    base = _rss_mib()
+    _reset_peak_rss()
+    base = _peak_rss_mib()
     for _ in range(spec.get("calls", 1)):
         fn()
-    return max(_rss_mib() - base, 0.0)
+    return max(_peak_rss_mib() - base, 0.0)
 
 
 def peak_memory_subprocess(provider_spec: dict, *, timeout: float = 600.0, python: str | None = None) -> float:
@@ -136,8 +183,9 @@ def peak_memory_subprocess(provider_spec: dict, *, timeout: float = 600.0, pytho
 
     ``provider_spec`` is a JSON-able dict: ``module`` (op module path), ``provider``, ``mode``, ``x``, ``params``,
     ``device``, optional ``threads`` (torch threads in the child; default: the child's default) and ``calls``.
-    On CPU the peak is ``ru_maxrss`` after the call minus ``ru_maxrss`` right after the inputs were built; on CUDA it
-    is ``torch.cuda.max_memory_allocated`` minus the allocated bytes at that point.
+    On CPU the peak is the process's peak RSS after the call minus its peak RSS right after the inputs were built
+    (see :func:`_peak_rss_mib` for why that is ``VmHWM`` rather than ``ru_maxrss`` on Linux); on CUDA it is
+    ``torch.cuda.max_memory_allocated`` minus the bytes allocated at that point.
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)

@@ -12,13 +12,15 @@ import argparse
 import gc
 import importlib
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Iterable
 
 import torch
 
-from .common import CSV_COLUMNS, append_csv, device_label, git_commit, peak_memory_subprocess, plot_rows, time_fn
+from .common import (CSV_COLUMNS, append_csv, device_label, git_commit, peak_memory_subprocess, plot_rows,
+                     time_interleaved)
 
 # op name -> module with the providers (see benchmarks/ops/__init__.py for the interface a module must provide).
 OPS: dict[str, str] = {
@@ -59,7 +61,7 @@ def _select(kind: str, wanted: Iterable[str] | None, known: Iterable[str], usabl
 
 
 def run(op: str, *, modes: Iterable[str] | None = None, providers: Iterable[str] | None = None, repeats: int = 3,
-        warmup: int = 1, memory: bool | Iterable[str] = True, out: str | Path | None = DEFAULT_CSV,
+        warmup: int = 1, memory: bool | Iterable[str] = True, memory_jobs: int = 2, out: str | Path | None = DEFAULT_CSV,
         plot_dir: str | Path | None = DEFAULT_PLOT_DIR, device: str | None = None, verbose: bool = False,
         **params) -> list[dict]:
     """Run the sweep of ``op`` and return its rows (dicts with the CSV columns, plus ``config``).
@@ -67,9 +69,10 @@ def run(op: str, *, modes: Iterable[str] | None = None, providers: Iterable[str]
     Args:
         op: a key of :data:`OPS`.
         modes, providers: subsets of the op's modes / providers (default: all that can run on ``device``).
-        repeats, warmup: timed and untimed calls per (x, mode, provider).
+        repeats, warmup: timed and untimed calls per (x, mode, provider); the timed calls go round-robin over
+            the providers (see :func:`benchmarks.common.time_interleaved`).
         memory: ``True`` measures every provider's peak memory (one subprocess each), ``False`` none, or an
-            iterable of provider names to measure only those.
+            iterable of provider names to measure only those.  memory_jobs: memory subprocesses run at once.
         out: CSV to append to (``None``: don't write).  plot_dir: PNG folder (``None``: no plots).
         device: ``"cpu"`` / ``"cuda"``; default CUDA when available.
         **params: the op's sweep and fixed parameters, e.g. ``N=[256, 1024], V=32000, D=512, dtype="float32"``.
@@ -98,23 +101,24 @@ def run(op: str, *, modes: Iterable[str] | None = None, providers: Iterable[str]
     for x in xs:
         inputs = mod.make_inputs(x, params, device)
         for mode in modes:
-            for prov in providers:
-                fn = mod.make_fn(prov, mode, inputs)
-                t = time_fn(fn, warmup=warmup, repeats=repeats, device=device)
-                del fn
+            fns = {prov: mod.make_fn(prov, mode, inputs) for prov in providers}
+            timings = time_interleaved(fns, warmup=warmup, repeats=repeats, device=device)
+            del fns
+            for prov, t in timings.items():
                 rows.append({**base, "provider": prov, "mode": mode, "metric": "time", "unit": "ms", "x_value": x,
                              "median": t.median, "p20": t.p20, "p80": t.p80})
                 _log(verbose, f"{op} {mode:8s} {mod.X_NAME}={x:<7} {prov:22s} {t.median:10.2f} ms")
         del inputs
         gc.collect()
-        for mode in modes:
-            for prov in mem_providers:
-                spec = {"module": mod.__name__, "provider": prov, "mode": mode, "x": x, "params": params,
-                        "device": device, "threads": threads}
-                mib = peak_memory_subprocess(spec)
-                rows.append({**base, "provider": prov, "mode": mode, "metric": "peak_mem", "unit": "MiB",
-                             "x_value": x, "median": mib, "p20": mib, "p80": mib})
-                _log(verbose, f"{op} {mode:8s} {mod.X_NAME}={x:<7} {prov:22s} {mib:10.1f} MiB peak")
+        specs = [{"module": mod.__name__, "provider": prov, "mode": mode, "x": x, "params": params,
+                  "device": device, "threads": threads} for mode in modes for prov in mem_providers]
+        # Each subprocess measures only its own address space, so they may run side by side (none is timed).
+        with ThreadPoolExecutor(max_workers=max(1, memory_jobs)) as pool:
+            for spec, mib in zip(specs, pool.map(peak_memory_subprocess, specs)):
+                rows.append({**base, "provider": spec["provider"], "mode": spec["mode"], "metric": "peak_mem",
+                             "unit": "MiB", "x_value": x, "median": mib, "p20": mib, "p80": mib})
+                _log(verbose, f"{op} {spec['mode']:8s} {mod.X_NAME}={x:<7} {spec['provider']:22s} {mib:10.1f} "
+                              "MiB peak")
     if out is not None:
         append_csv(out, rows)
     if plot_dir is not None:
@@ -179,6 +183,7 @@ def _parser(mod: ModuleType | None) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed calls per point")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per point before timing")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--memory-jobs", type=int, default=2, help="memory subprocesses to run at once")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     p.add_argument("--out", default=str(DEFAULT_CSV), help="CSV to append rows to")
     p.add_argument("--plot-dir", default=str(DEFAULT_PLOT_DIR), help="folder for the PNG plots")
@@ -215,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             params[name] = value
     try:
         rows = run(args.op, modes=_split(args.modes), providers=_split(args.providers), repeats=args.repeats,
-                   warmup=args.warmup, memory=not args.no_memory, out=args.out, plot_dir=args.plot_dir,
+                   warmup=args.warmup, memory=not args.no_memory,
+                   memory_jobs=args.memory_jobs, out=args.out, plot_dir=args.plot_dir,
                    device=args.device, verbose=True, **params)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

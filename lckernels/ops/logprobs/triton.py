@@ -32,6 +32,20 @@ from ...backend import interpreter_enabled
 
 
 @triton.jit
+def _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, D, stride_h, stride_w,
+                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """hidden[rows] @ weight[cols].T as a [BLOCK_N, BLOCK_V] fp32 tile, over BLOCK_D slices of D (masked tails)."""
+    acc = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + tl.arange(0, BLOCK_D)
+        d_ok = dd < D
+        a = tl.load(h_ptr + rows[:, None] * stride_h + dd[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        b = tl.load(w_ptr + cols[None, :] * stride_w + dd[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit
 def _logprobs_fwd_kernel(
     h_ptr, w_ptr, tgt_ptr, lp_ptr, ent_ptr, lse_ptr,
     N, V, D, stride_h, stride_w,
@@ -50,13 +64,8 @@ def _logprobs_fwd_kernel(
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
         col_ok = cols < V
-        acc = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            dd = d0 + tl.arange(0, BLOCK_D)
-            d_ok = dd < D
-            a = tl.load(h_ptr + rows[:, None] * stride_h + dd[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            b = tl.load(w_ptr + cols[None, :] * stride_w + dd[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        acc = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, D, stride_h, stride_w,
+                           BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
         z = tl.where(col_ok[None, :], acc * inv_temperature, float("-inf"))
         m_new = tl.maximum(m, tl.max(z, 1))
         # padded columns: diff 0 and e 0, so no 0 * inf NaNs are formed even transiently
@@ -93,13 +102,8 @@ def _logprobs_bwd_dlogits_kernel(
     cols = c0 + local
     col_ok = (local < C) & (cols < V)
 
-    acc = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        dd = d0 + tl.arange(0, BLOCK_D)
-        d_ok = dd < D
-        a = tl.load(h_ptr + rows[:, None] * stride_h + dd[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        b = tl.load(w_ptr + cols[None, :] * stride_w + dd[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    acc = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, D, stride_h, stride_w,
+                       BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
 
     tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=ignore_index).to(tl.int64)
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
