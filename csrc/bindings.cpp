@@ -8,6 +8,9 @@ void logprobs_fwd_chunk(torch::Tensor logits, torch::Tensor targets, int64_t chu
 void logprobs_bwd_chunk(torch::Tensor logits, torch::Tensor targets, int64_t chunk_start, double inv_temperature,
                         torch::Tensor lse, torch::Tensor entropy, torch::Tensor grad_logprobs,
                         torch::Tensor grad_entropy, int64_t ignore_index);
+torch::Tensor soft_gaussian_gate(torch::Tensor ratio, torch::Tensor old_logprobs, torch::Tensor advantages,
+                                 double sigma_base, double alpha, double beta_pos, double beta_neg, double sigma_high,
+                                 double a_low, double a_high);
 }  // namespace lck
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -20,6 +23,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "fused_logprobs backward: logits chunk -> d loss / d logits chunk (in place)", py::arg("logits"),
         py::arg("targets"), py::arg("chunk_start"), py::arg("inv_temperature"), py::arg("lse"), py::arg("entropy"),
         py::arg("grad_logprobs"), py::arg("grad_entropy"), py::arg("ignore_index"));
+  m.def("soft_gaussian_gate", &lck::soft_gaussian_gate, "MASPO soft Gaussian gate (elementwise, fp32)",
+        py::arg("ratio"), py::arg("old_logprobs"), py::arg("advantages"), py::arg("sigma_base"), py::arg("alpha"),
+        py::arg("beta_pos"), py::arg("beta_neg"), py::arg("sigma_high"), py::arg("a_low"), py::arg("a_high"));
   m.attr("WITH_OPENMP") =
 #ifdef _OPENMP
       true;

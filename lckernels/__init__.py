@@ -5,9 +5,10 @@ dispatch rule (see :mod:`lckernels.backend`).
 """
 
 from .backend import BACKENDS, resolve_backend
+from .ops.gating import soft_gaussian_gate
 from .ops.logprobs import fused_logprobs
 from .ops.policy_loss import PolicyLossConfig, PolicyLossOutput, fused_policy_loss, policy_loss_from_logprobs
 
 __version__ = "0.1.0"
 
-__all__ = ["fused_logprobs", "fused_policy_loss", "policy_loss_from_logprobs", "PolicyLossConfig", "PolicyLossOutput", "resolve_backend", "BACKENDS", "__version__"]
+__all__ = ["soft_gaussian_gate", "fused_logprobs", "fused_policy_loss", "policy_loss_from_logprobs", "PolicyLossConfig", "PolicyLossOutput", "resolve_backend", "BACKENDS", "__version__"]

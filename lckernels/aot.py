@@ -17,7 +17,11 @@ import importlib
 from dataclasses import dataclass
 
 # modules whose aot_specs() list the shipped kernels; every new Triton op adds itself here
-KERNEL_MODULES = ("lckernels.ops.logprobs.triton",)
+KERNEL_MODULES = (
+    "lckernels.ops.logprobs.triton",
+    "lckernels.ops.policy_loss.triton",
+    "lckernels.ops.gating.triton",
+)
 
 # dynamic shared memory per block (bytes): sm_80 (A100) 163 KiB, sm_90 (H100) 227 KiB
 SHARED_MEMORY_LIMIT = {80: 166912, 90: 232448}

@@ -8,7 +8,9 @@ import re
 
 import pytest
 
+import lckernels.ops.gating
 import lckernels.ops.logprobs
+import lckernels.ops.policy_loss
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
@@ -23,7 +25,8 @@ def test_readme_example_runs(code):
     exec(compile(code, "README.md", "exec"), {})
 
 
-@pytest.mark.parametrize("module", [lckernels.ops.logprobs], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [lckernels.ops.logprobs, lckernels.ops.policy_loss, lckernels.ops.gating],
+                         ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

@@ -47,10 +47,11 @@ def _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, D, stride_h, stride_w
 
 @triton.jit
 def _logprobs_fwd_kernel(
-    h_ptr, w_ptr, tgt_ptr, lp_ptr, ent_ptr, lse_ptr,
-    N, V, D, stride_h, stride_w,
+    h_ptr, w_ptr, tgt_ptr, lp_ptr, ent_ptr, lse_ptr, z_ptr,
+    N, V, D, stride_h, stride_w, stride_z,
     inv_temperature, ignore_index,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STORE_LOGITS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -67,6 +68,8 @@ def _logprobs_fwd_kernel(
         acc = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, D, stride_h, stride_w,
                            BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
         z = tl.where(col_ok[None, :], acc * inv_temperature, float("-inf"))
+        if STORE_LOGITS:  # fused_policy_loss keeps the chunk's logits / T (fp32) for its d logits pass
+            tl.store(z_ptr + rows[:, None] * stride_z + cols[None, :], z, mask=row_ok[:, None] & col_ok[None, :])
         m_new = tl.maximum(m, tl.max(z, 1))
         # padded columns: diff 0 and e 0, so no 0 * inf NaNs are formed even transiently
         diff = tl.where(col_ok[None, :], z - m_new[:, None], 0.0)
@@ -186,8 +189,11 @@ def _chunk(n_rows: int, vocab: int, elem: int) -> int:
     return max(1, min(vocab, c))
 
 
-def logprobs_forward_triton(hidden, weight, targets, temperature: float, ignore_index: int):
-    """hidden [N, D], weight [V, D] (same float dtype, unit stride on D), targets [N] -> (lp, ent, lse) fp32 [N]."""
+def logprobs_forward_triton(hidden, weight, targets, temperature: float, ignore_index: int, logits_out=None):
+    """hidden [N, D], weight [V, D] (same float dtype, unit stride on D), targets [N] -> (lp, ent, lse) fp32 [N].
+
+    ``logits_out`` ([N, V] fp32, unit stride on V), when given, receives logits / temperature.
+    """
     n, d = hidden.shape
     v = weight.shape[0]
     lp = torch.empty(n, device=hidden.device, dtype=torch.float32)
@@ -198,11 +204,12 @@ def logprobs_forward_triton(hidden, weight, targets, temperature: float, ignore_
     prec = _dot_precision(hidden.dtype)
     cfg = pick_config(FWD_CONFIGS, n, hidden.dtype, prec)
     grid = (triton.cdiv(n, cfg.BLOCK_N),)
+    store = logits_out is not None
     _logprobs_fwd_kernel[grid](
-        hidden, weight, targets, lp, ent, lse,
-        n, v, d, hidden.stride(0), weight.stride(0),
+        hidden, weight, targets, lp, ent, lse, logits_out if store else lp,
+        n, v, d, hidden.stride(0), weight.stride(0), logits_out.stride(0) if store else 0,
         1.0 / temperature, ignore_index,
-        BLOCK_N=cfg.BLOCK_N, BLOCK_V=cfg.BLOCK_V, BLOCK_D=cfg.BLOCK_D, DOT_PRECISION=prec,
+        BLOCK_N=cfg.BLOCK_N, BLOCK_V=cfg.BLOCK_V, BLOCK_D=cfg.BLOCK_D, DOT_PRECISION=prec, STORE_LOGITS=store,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return lp, ent, lse
@@ -261,16 +268,19 @@ def aot_specs():
     specs = []
     for dtype, prec in _AOT_VARIANTS:
         for cfg in configs_for(FWD_CONFIGS, dtype, prec):
-            specs.append(dict(
-                name=f"logprobs_fwd[{dtype}-{prec}-{cfg.BLOCK_N}x{cfg.BLOCK_V}x{cfg.BLOCK_D}-w{cfg.num_warps}]",
-                fn=_logprobs_fwd_kernel, gemm=prec != "ieee",
-                signature={"h_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "tgt_ptr": "*i64", "lp_ptr": "*fp32",
-                           "ent_ptr": "*fp32", "lse_ptr": "*fp32", "N": "i32", "V": "i32", "D": "i32",
-                           "stride_h": "i32", "stride_w": "i32", "inv_temperature": "fp32", "ignore_index": "i32"},
-                constexprs={"BLOCK_N": cfg.BLOCK_N, "BLOCK_V": cfg.BLOCK_V, "BLOCK_D": cfg.BLOCK_D,
-                            "DOT_PRECISION": prec},
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            ))
+            for store in (False, True):
+                specs.append(dict(
+                    name=(f"logprobs_fwd[{dtype}-{prec}-{cfg.BLOCK_N}x{cfg.BLOCK_V}x{cfg.BLOCK_D}-w{cfg.num_warps}"
+                          f"-store{int(store)}]"),
+                    fn=_logprobs_fwd_kernel, gemm=prec != "ieee",
+                    signature={"h_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "tgt_ptr": "*i64", "lp_ptr": "*fp32",
+                               "ent_ptr": "*fp32", "lse_ptr": "*fp32", "z_ptr": "*fp32", "N": "i32", "V": "i32",
+                               "D": "i32", "stride_h": "i32", "stride_w": "i32", "stride_z": "i32",
+                               "inv_temperature": "fp32", "ignore_index": "i32"},
+                    constexprs={"BLOCK_N": cfg.BLOCK_N, "BLOCK_V": cfg.BLOCK_V, "BLOCK_D": cfg.BLOCK_D,
+                                "DOT_PRECISION": prec, "STORE_LOGITS": store},
+                    num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                ))
         for cfg in configs_for(BWD_CONFIGS, dtype, prec):
             for has_ge in (False, True):
                 specs.append(dict(

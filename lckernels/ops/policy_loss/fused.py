@@ -95,7 +95,7 @@ def run_fused(kernels, hidden2d: torch.Tensor, weight: torch.Tensor, targets2d: 
     stats = StatSums()
     loss = torch.zeros((), device=dev, dtype=torch.float32)
     want_entropy = True  # entropy is nearly free here and feeds stats["entropy_mean"]
-    chunk = rows_per_chunk(v, rows_total)
+    chunk = rows_per_chunk(v, rows_total, getattr(kernels, "chunk_bytes", DEFAULT_CHUNK_BYTES))
     for r0 in range(0, rows_total, chunk):
         sel = torch.arange(r0, min(r0 + chunk, rows_total), device=dev)
         rows = sel if idx is None else idx[sel]

@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from ..gating.reference import soft_gaussian_gate_reference as maspo_gate
 from .config import PolicyLossConfig
 
 LOG_RATIO_CLAMP = 20.0
@@ -130,30 +131,6 @@ def prepare(valid: torch.Tensor, advantages: torch.Tensor, old: Optional[torch.T
     masked = int((valid & ~keep).sum())
     pg_weight = pg_weight * keep.float()
     return Prepared(valid, weight, pg_weight, adv, old, ref, n_valid, masked, nonfinite)
-
-
-def maspo_gate(ratio: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, *, sigma_base: float = 1.0,
-               alpha: float = 0.3, beta_pos: float = 0.03, beta_neg: float = 0.03, sigma_high: float = 10.0,
-               a_low: float = 0.1, a_high: float = 10.0) -> torch.Tensor:
-    """MASPO's mass-adaptive soft Gaussian gate (arXiv 2602.17550; formula from the authors' code), elementwise fp32.
-
-    sigma_mass = clamp(sigma_base / p_old^alpha, sigma_base, sigma_high), p_old = exp(old_logprobs);
-    sigma_pos = sigma_mass * clamp(1 + beta_pos * A, a_low, a_high);
-    sigma_neg = sigma_mass * clamp(1 / (1 - beta_neg * A), a_low, a_high);
-    w = exp(-(ratio - 1)^2 / (2 sigma^2)) with sigma_pos where A > 0 and ratio > 1, sigma_neg where A < 0 and
-    ratio < 1, and w = 1 elsewhere.
-    """
-    r = ratio.float()
-    a = advantages.float()
-    p_old = torch.exp(old_logprobs.float())
-    sigma_mass = (sigma_base / p_old.clamp_min(1e-30).pow(alpha)).clamp(sigma_base, sigma_high)
-    s_pos = sigma_mass * (1 + beta_pos * a).clamp(a_low, a_high)
-    s_neg = sigma_mass * (1 / (1 - beta_neg * a.clamp(max=0))).clamp(a_low, a_high)
-    pos = (a > 0) & (r > 1)
-    neg = (a < 0) & (r < 1)
-    sigma = torch.where(pos, s_pos, s_neg)
-    w = torch.exp(-(r - 1) ** 2 / (2 * sigma * sigma))
-    return torch.where(pos | neg, w, torch.ones_like(w))
 
 
 def token_terms(lp: torch.Tensor, old: Optional[torch.Tensor], adv: torch.Tensor, cfg: PolicyLossConfig,

@@ -23,4 +23,5 @@ def policy_loss_reference(hidden, weight, targets, advantages, old_logprobs=None
     loss, stats = policy_loss_math(lp, advantages, old_logprobs, mask=mask, targets=targets,
                                    rollout_logprobs=rollout_logprobs, ref_logprobs=ref_logprobs, entropy=ent,
                                    config=config)
-    return loss, lp.detach(), stats
+    lp_out = lp.detach() if mask is None else torch.where(mask.bool(), lp.detach(), torch.zeros_like(lp.detach()))
+    return loss, lp_out, stats
