@@ -189,6 +189,10 @@ def peak_memory_subprocess(provider_spec: dict, *, timeout: float = 600.0, pytho
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    # glibc: a fixed mmap threshold sends every large buffer to mmap and back to the OS on free, so RSS follows live
+    # memory.  With the default dynamic threshold, buffers up to 32 MiB may be served from (or kept in) the heap and
+    # the same provider's peak varies by one buffer from run to run.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     cmd = [python or sys.executable, "-m", "benchmarks.common", json.dumps(provider_spec)]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     lines = proc.stdout.strip().splitlines()
@@ -252,9 +256,11 @@ def plot_rows(rows: Sequence[dict], out_dir: str | os.PathLike, *, subtitle: str
             style = "--" if prov.endswith("-limit") else "-"
             ax.plot(xs, med, style, marker="o", label=prov)
             ax.fill_between(xs, lo, hi, alpha=0.15)
-        xs_all = [float(r["x_value"]) for r in grp]
-        if min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 4:
+        xs_all = sorted({float(r["x_value"]) for r in grp})
+        if xs_all[0] > 0 and xs_all[-1] / xs_all[0] >= 4:
             ax.set_xscale("log", base=2)
+        ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
+        ax.minorticks_off()
         ax.set_xlabel(grp[0]["x_name"])
         ax.set_ylabel(f"{metric} ({grp[0]['unit']})")
         title = f"{op} {mode} {metric} - {grp[0]['device']} @ {grp[0]['commit']}"

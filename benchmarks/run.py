@@ -25,6 +25,8 @@ from .common import (CSV_COLUMNS, append_csv, device_label, git_commit, peak_mem
 # op name -> module with the providers (see benchmarks/ops/__init__.py for the interface a module must provide).
 OPS: dict[str, str] = {
     "fused_logprobs": "benchmarks.ops.logprobs",
+    "fused_policy_loss": "benchmarks.ops.policy_loss",
+    "moe_experts": "benchmarks.ops.moe",
 }
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -44,9 +46,10 @@ def _log(verbose: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _select(kind: str, wanted: Iterable[str] | None, known: Iterable[str], usable: Iterable[str] | None = None,
-            verbose: bool = False) -> list[str]:
-    """Validate a user's list against ``known`` (ValueError) and drop the ones not ``usable`` here (with a note)."""
+def _select(kind: str, wanted: Iterable[str] | None, known: Iterable[str],
+            usable: Iterable[str] | None = None) -> list[str]:
+    """Validate a user's list against ``known`` (ValueError); drop the ones not ``usable`` here, with a note on
+    stderr (when nothing was asked for, the unusable ones are dropped silently)."""
     known, usable = list(known), list(usable if usable is not None else known)
     if wanted is None:
         return usable
@@ -61,9 +64,9 @@ def _select(kind: str, wanted: Iterable[str] | None, known: Iterable[str], usabl
 
 
 def run(op: str, *, modes: Iterable[str] | None = None, providers: Iterable[str] | None = None, repeats: int = 3,
-        warmup: int = 1, memory: bool | Iterable[str] = True, memory_jobs: int = 2, out: str | Path | None = DEFAULT_CSV,
-        plot_dir: str | Path | None = DEFAULT_PLOT_DIR, device: str | None = None, verbose: bool = False,
-        **params) -> list[dict]:
+        warmup: int = 1, memory: bool | Iterable[str] = True, memory_jobs: int = 2,
+        out: str | Path | None = DEFAULT_CSV, plot_dir: str | Path | None = DEFAULT_PLOT_DIR,
+        device: str | None = None, verbose: bool = False, **params) -> list[dict]:
     """Run the sweep of ``op`` and return its rows (dicts with the CSV columns, plus ``config``).
 
     Args:
@@ -86,7 +89,10 @@ def run(op: str, *, modes: Iterable[str] | None = None, providers: Iterable[str]
     xs = [xs] if isinstance(xs, (int, float)) else list(xs)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     modes = _select("mode", modes, mod.MODES)
-    providers = _select("provider", providers, mod.PROVIDERS, mod.available_providers(device), verbose)
+    providers = _select("provider", providers, mod.PROVIDERS, mod.available_providers(device))
+    if not providers or not modes or not xs:
+        raise ValueError(f"{op}: nothing to run on {device} (providers={providers}, modes={modes}, "
+                         f"{mod.X_NAME}={xs})")
     if memory is True:
         mem_providers = list(providers)
     elif not memory:
@@ -175,18 +181,18 @@ def _split(values: list[str] | None, cast=str) -> list | None:
 
 
 def _parser(mod: ModuleType | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[1])
     p.add_argument("--op", required=True, help=f"op to benchmark: {', '.join(sorted(OPS))}")
     p.add_argument("--modes", nargs="+", help="subset of the op's modes (default: all)")
     p.add_argument("--providers", nargs="+", help="subset of the providers (default: all available here)")
-    p.add_argument("--repeats", type=int, default=3, help="timed calls per point")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per point before timing")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per point (default: 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per point before timing (default: 1)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--memory-jobs", type=int, default=2, help="memory subprocesses to run at once")
+    p.add_argument("--memory-jobs", type=int, default=2, help="memory subprocesses to run at once (default: 2)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
-    p.add_argument("--out", default=str(DEFAULT_CSV), help="CSV to append rows to")
-    p.add_argument("--plot-dir", default=str(DEFAULT_PLOT_DIR), help="folder for the PNG plots")
+    p.add_argument("--out", default=str(DEFAULT_CSV), help=f"CSV to append rows to (default: {DEFAULT_CSV})")
+    p.add_argument("--plot-dir", default=str(DEFAULT_PLOT_DIR),
+                   help=f"folder for the PNG plots (default: {DEFAULT_PLOT_DIR})")
     if mod is not None:
         g = p.add_argument_group(f"{mod.OP} parameters")
         for name, default in mod.DEFAULTS.items():
@@ -194,7 +200,7 @@ def _parser(mod: ModuleType | None) -> argparse.ArgumentParser:
                 g.add_argument(f"--{name}", nargs="+", default=None,
                                help=f"sweep values (default: {' '.join(map(str, default))})")
             else:
-                g.add_argument(f"--{name}", type=type(default), default=default)
+                g.add_argument(f"--{name}", type=type(default), default=default, help=f"(default: {default})")
     return p
 
 

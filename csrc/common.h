@@ -4,6 +4,10 @@
 #include <torch/extension.h>
 
 #include <bit>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define LCK_AVX2 1
+#endif
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -45,5 +49,43 @@ static inline __attribute__((always_inline)) float fast_expf(float x) {
   const float res = p * scale;
   return x < -87.3f ? 0.0f : res;
 }
+
+#ifdef LCK_AVX2
+// 8-wide AVX2 version of fast_expf (same reduction and polynomial, so scalar tails agree to the last bit).
+static inline __m256 fast_exp8(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.3f);
+  const __m256 shift = _mm256_set1_ps(12582912.0f);
+  const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+  const __m256 shifted = _mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), shift);
+  const __m256 n = _mm256_sub_ps(shifted, shift);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), xc);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+  __m256 p = _mm256_set1_ps(1.3888889e-3f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3333333e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1666667e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666667e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i ni = _mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_castps_si256(shift));
+  const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23));
+  const __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);
+  return _mm256_and_ps(_mm256_mul_ps(p, scale), keep);
+}
+
+static inline float vec_hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+  return _mm_cvtss_f32(s);
+}
+
+static inline float vec_hmax8(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 0x55));
+  return _mm_cvtss_f32(s);
+}
+#endif
 
 }  // namespace lck

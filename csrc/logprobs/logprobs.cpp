@@ -38,14 +38,36 @@ void logprobs_fwd_chunk(torch::Tensor logits, torch::Tensor targets, int64_t chu
   for (int64_t i = 0; i < N; ++i) {
     float* z = Z + i * C;
     float mc = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : mc)
-    for (int64_t j = 0; j < C; ++j) {
+    float sc = 0.f, tc = 0.f;
+    int64_t j = 0;
+#ifdef LCK_AVX2
+    const __m256 vscale = _mm256_set1_ps(scale);
+    __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    for (; j + 8 <= C; j += 8) {
+      const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(z + j), vscale);
+      _mm256_storeu_ps(z + j, v);
+      vmax = _mm256_max_ps(vmax, v);
+    }
+    mc = vec_hmax8(vmax);
+#endif
+    for (; j < C; ++j) {
       z[j] *= scale;
       mc = std::max(mc, z[j]);
     }
-    float sc = 0.f, tc = 0.f;
-#pragma omp simd reduction(+ : sc, tc)
-    for (int64_t j = 0; j < C; ++j) {
+    j = 0;
+#ifdef LCK_AVX2
+    const __m256 vmc = _mm256_set1_ps(mc);
+    __m256 vs = _mm256_setzero_ps(), vt = _mm256_setzero_ps();
+    for (; j + 8 <= C; j += 8) {
+      const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(z + j), vmc);
+      const __m256 e = fast_exp8(d);
+      vs = _mm256_add_ps(vs, e);
+      vt = _mm256_fmadd_ps(e, d, vt);
+    }
+    sc = vec_hsum8(vs);
+    tc = vec_hsum8(vt);
+#endif
+    for (; j < C; ++j) {
       const float d = z[j] - mc;
       const float e = fast_expf(d);
       sc += e;
@@ -109,8 +131,18 @@ void logprobs_bwd_chunk(torch::Tensor logits, torch::Tensor targets, int64_t chu
     const float ge = has_ge ? GE[i] * scale : 0.f;
     const float l = L[i];
     const float h = H[i];
-#pragma omp simd
-    for (int64_t j = 0; j < C; ++j) {
+    int64_t j = 0;
+#ifdef LCK_AVX2
+    const __m256 vscale = _mm256_set1_ps(scale), vl = _mm256_set1_ps(l), vh = _mm256_set1_ps(h);
+    const __m256 vg = _mm256_set1_ps(g), vge = _mm256_set1_ps(ge), vneg = _mm256_set1_ps(-0.0f);
+    for (; j + 8 <= C; j += 8) {
+      const __m256 logp = _mm256_fmsub_ps(_mm256_loadu_ps(z + j), vscale, vl);
+      const __m256 p = fast_exp8(logp);
+      const __m256 coef = _mm256_fmadd_ps(vge, _mm256_add_ps(logp, vh), vg);
+      _mm256_storeu_ps(z + j, _mm256_xor_ps(_mm256_mul_ps(p, coef), vneg));
+    }
+#endif
+    for (; j < C; ++j) {
       const float logp = z[j] * scale - l;
       const float p = fast_expf(logp);
       z[j] = -p * (g + ge * (logp + h));

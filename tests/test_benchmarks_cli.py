@@ -1,0 +1,89 @@
+"""Smoke tests of the benchmark harness (``benchmarks/``): CSV layout, plots, table, errors, memory probe.
+
+Tiny shapes only; no timing is asserted anywhere (performance goals live in the benchmarks, not in tests).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+
+import pytest
+import torch
+
+from benchmarks import run as bench
+from benchmarks.common import CSV_COLUMNS
+from benchmarks.ops import logprobs as L
+
+TINY = dict(N=[16, 32], V=300, D=32, dtype="float32")
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        return header, [dict(zip(header, row)) for row in reader]
+
+
+def test_run_writes_csv_plots_and_table(tmp_path):
+    out, plots = tmp_path / "results.csv", tmp_path / "plots"
+    rows = bench.run("fused_logprobs", repeats=2, warmup=1, memory=False, out=out, plot_dir=plots, device="cpu",
+                     **TINY)
+    providers = L.available_providers("cpu")
+    assert {"lckernels-cpu", "lckernels-reference", "torch-eager", "torch-chunked", "gemm-limit"} <= set(providers)
+
+    header, written = _read_csv(out)
+    assert tuple(header) == CSV_COLUMNS
+    assert len(written) == len(rows) == len(providers) * len(L.MODES) * len(TINY["N"])
+    got = {(r["provider"], r["mode"], int(r["x_value"])) for r in written}
+    assert got == {(p, m, n) for p in providers for m in L.MODES for n in TINY["N"]}
+    for r in written:
+        assert (r["op"], r["metric"], r["unit"], r["x_name"]) == ("fused_logprobs", "time", "ms", "N")
+        assert r["device"].startswith("cpu (") and r["commit"]
+        assert all(math.isfinite(float(r[k])) and float(r[k]) > 0 for k in ("median", "p20", "p80"))
+
+    for mode in L.MODES:
+        png = plots / f"fused_logprobs_{mode}_time.png"
+        assert png.is_file() and png.stat().st_size > 0
+    assert not list(plots.glob("*peak_mem*"))
+
+    table = bench.format_table(rows)
+    for p in providers:
+        assert p in table
+    assert "t/torch-eager" in table and "t/gemm-limit" in table
+
+    # a second run appends below the same header
+    bench.run("fused_logprobs", providers=["torch-eager"], modes=["fwd"], repeats=1, memory=False, out=out,
+              plot_dir=None, device="cpu", **TINY)
+    header2, written2 = _read_csv(out)
+    assert tuple(header2) == CSV_COLUMNS and len(written2) == len(written) + len(TINY["N"])
+
+
+def test_peak_memory_row_for_one_provider(tmp_path):
+    """One provider measured in a subprocess; its extra peak must cover the [N, V] logits it materializes, even
+    while this (parent) process holds a lot of memory (Linux carries ru_maxrss across fork + exec)."""
+    n, v = 256, 4096
+    ballast = torch.ones(64 << 20)  # 256 MiB resident in the parent
+    rows = bench.run("fused_logprobs", N=[n], V=v, D=32, modes=["fwd"], repeats=1, warmup=0,
+                     memory=["torch-eager"], out=tmp_path / "r.csv", plot_dir=tmp_path / "plots", device="cpu")
+    del ballast
+    mem = [r for r in rows if r["metric"] == "peak_mem"]
+    assert [(r["provider"], r["mode"], r["unit"]) for r in mem] == [("torch-eager", "fwd", "MiB")]
+    assert mem[0]["median"] == mem[0]["p20"] == mem[0]["p80"]
+    if sys.platform.startswith("linux"):
+        assert mem[0]["median"] >= 0.9 * n * v * 4 / 2**20
+    _, written = _read_csv(tmp_path / "r.csv")
+    assert sum(r["metric"] == "peak_mem" for r in written) == 1
+    assert (tmp_path / "plots" / "fused_logprobs_fwd_peak_mem.png").is_file()
+
+
+def test_unknown_names_raise():
+    with pytest.raises(ValueError, match="unknown op 'nope'.*fused_logprobs"):
+        bench.run("nope")
+    with pytest.raises(ValueError, match="unknown provider"):
+        bench.run("fused_logprobs", providers=["no-such"], out=None, plot_dir=None, **TINY)
+    with pytest.raises(TypeError, match="unknown parameter"):
+        bench.run("fused_logprobs", K=3, out=None, plot_dir=None)
+    with pytest.raises(SystemExit):
+        bench.main(["--op", "nope"])
