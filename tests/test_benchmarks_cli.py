@@ -87,3 +87,13 @@ def test_unknown_names_raise():
         bench.run("fused_logprobs", K=3, out=None, plot_dir=None)
     with pytest.raises(SystemExit):
         bench.main(["--op", "nope"])
+
+
+def test_policy_loss_benchmark_runs_every_provider(tmp_path):
+    from benchmarks.ops import policy_loss as P
+
+    rows = bench.run("fused_policy_loss", N=[32], T=8, V=100, D=16, repeats=1, warmup=0, memory=False,
+                     out=tmp_path / "r.csv", plot_dir=None, device="cpu")
+    got = {(r["provider"], r["mode"]) for r in rows}
+    assert got == {(p, m) for p in P.available_providers("cpu") for m in P.MODES}
+    assert all(r["median"] > 0 for r in rows)
