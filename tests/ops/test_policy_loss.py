@@ -374,3 +374,15 @@ def test_triton_fp16_and_all_masked(kernel_device):
     kw["mask"] = torch.zeros(B, T, device=kernel_device)
     out, gh, gw = run("triton", h, w, y, adv, old, kw, cfg)
     assert out.loss.item() == 0.0 and (gh == 0).all() and (gw == 0).all()
+
+
+def test_upstream_gradient_scales():
+    h, w, y, adv, old, kw = make_problem()
+    out = lckernels.fused_policy_loss(h, w, y, adv, old, backend="cpu", **kw)
+    (out.loss * -2.5).backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    ref = lckernels.fused_policy_loss(h, w, y, adv, old, backend="reference", **kw)
+    (ref.loss * -2.5).backward()
+    assert_close_fp32(gh, h.grad, 1e-5, "grad_hidden")
+    assert_close_fp32(gw, w.grad, 1e-5, "grad_weight")

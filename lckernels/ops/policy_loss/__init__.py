@@ -57,10 +57,12 @@ class _FusedPolicyLoss(torch.autograd.Function):
         saved = list(ctx.saved_tensors)
         gh = saved.pop(0) if ctx.has[0] else None
         gw = saved.pop(0) if ctx.has[1] else None
+        # the usual upstream gradient is exactly 1: hand the saved fp32 gradients over without another V x D copy
+        unit = grad_loss.numel() == 1 and bool(grad_loss == 1)
         if gh is not None:
-            gh = (gh * grad_loss).to(ctx.dtypes[0])
+            gh = (gh if unit else gh * grad_loss).to(ctx.dtypes[0])
         if gw is not None:
-            gw = (gw * grad_loss).to(ctx.dtypes[1])
+            gw = (gw if unit else gw * grad_loss).to(ctx.dtypes[1])
         return (gh, gw) + (None,) * 11
 
 
