@@ -27,6 +27,7 @@ OPS: dict[str, str] = {
     "fused_logprobs": "benchmarks.ops.logprobs",
     "fused_policy_loss": "benchmarks.ops.policy_loss",
     "moe_experts": "benchmarks.ops.moe",
+    "grad_norms": "benchmarks.ops.grad_norms",
 }
 
 BENCH_DIR = Path(__file__).resolve().parent

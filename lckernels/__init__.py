@@ -6,9 +6,13 @@ dispatch rule (see :mod:`lckernels.backend`).
 
 from .backend import BACKENDS, resolve_backend
 from .ops.gating import soft_gaussian_gate
+from .ops.grad_norms import grad_norms
+from .ops.grouped_mm import grouped_mm
 from .ops.logprobs import fused_logprobs
+from .ops.moe import moe_experts, moe_route
 from .ops.policy_loss import PolicyLossConfig, PolicyLossOutput, fused_policy_loss, policy_loss_from_logprobs
+from .monitor import GradNormMonitor
 
 __version__ = "0.1.0"
 
-__all__ = ["soft_gaussian_gate", "fused_logprobs", "fused_policy_loss", "policy_loss_from_logprobs", "PolicyLossConfig", "PolicyLossOutput", "resolve_backend", "BACKENDS", "__version__"]
+__all__ = ["grouped_mm", "moe_route", "moe_experts", "soft_gaussian_gate", "grad_norms", "GradNormMonitor", "fused_logprobs", "fused_policy_loss", "policy_loss_from_logprobs", "PolicyLossConfig", "PolicyLossOutput", "resolve_backend", "BACKENDS", "__version__"]

@@ -21,6 +21,9 @@ KERNEL_MODULES = (
     "lckernels.ops.logprobs.triton",
     "lckernels.ops.policy_loss.triton",
     "lckernels.ops.gating.triton",
+    "lckernels.ops.grad_norms.triton",
+    "lckernels.ops.grouped_mm.triton",
+    "lckernels.ops.moe.triton",
 )
 
 # dynamic shared memory per block (bytes): sm_80 (A100) 163 KiB, sm_90 (H100) 227 KiB
