@@ -277,3 +277,17 @@ def plot_rows(rows: Sequence[dict], out_dir: str | os.PathLike, *, subtitle: str
 
 if __name__ == "__main__":  # the memory subprocess: python -m benchmarks.common '<json spec>'
     print(json.dumps({"extra_mib": _measure_in_this_process(json.loads(sys.argv[1]))}))
+
+
+def bench_call(benchmark, fn: Callable[[], object], device: str) -> None:
+    """pytest-benchmark body shared by the suites: one untimed warm-up call (libraries, thread pools), then the
+    timed calls, synchronizing CUDA so the GPU work is inside the timing."""
+    fn()
+    if torch.device(device).type == "cuda":
+        def call():
+            out = fn()
+            torch.cuda.synchronize()
+            return out
+    else:
+        call = fn
+    benchmark(call)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.common import bench_call
 from benchmarks.ops import logprobs as L
 
 pytest.importorskip("pytest_benchmark")
@@ -30,12 +31,4 @@ def test_fused_logprobs(benchmark, inputs, provider, mode):
     benchmark.group = f"{L.OP} {mode} N={N} V={V} D={D} {DTYPE} {DEVICE}"
     benchmark.extra_info.update(op=L.OP, provider=provider, mode=mode, N=N, V=V, D=D, dtype=DTYPE)
     fn = L.make_fn(provider, mode, inputs)
-    fn()
-    if DEVICE == "cuda":
-        def call():
-            out = fn()
-            torch.cuda.synchronize()
-            return out
-    else:
-        call = fn
-    benchmark(call)
+    bench_call(benchmark, fn, DEVICE)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.common import bench_call
 from benchmarks.ops import policy_loss as P
 
 pytest.importorskip("pytest_benchmark")
@@ -30,12 +31,4 @@ def test_fused_policy_loss(benchmark, inputs, provider, mode):
     benchmark.group = f"{P.OP} {mode} N={N} " + " ".join(f"{k}={v}" for k, v in PARAMS.items()) + f" {DEVICE}"
     benchmark.extra_info.update(op=P.OP, provider=provider, mode=mode, N=N, **PARAMS)
     fn = P.make_fn(provider, mode, inputs)
-    fn()
-    if DEVICE == "cuda":
-        def call():
-            out = fn()
-            torch.cuda.synchronize()
-            return out
-    else:
-        call = fn
-    benchmark(call)
+    bench_call(benchmark, fn, DEVICE)

@@ -4,3 +4,16 @@ An op module defines ``OP``, ``X_NAME``, ``DEFAULTS`` (sweep list under ``X_NAME
 ``MODES``, ``ANCHOR``, ``LIMIT``, ``PROVIDERS``, ``WARMUP_OVERRIDES``, ``available_providers(device)``,
 ``make_inputs(x, params, device)`` and ``make_fn(provider, mode, inputs)``.
 """
+
+
+def available(providers: dict, device: str) -> list[str]:
+    """Names of the providers whose ``available(device)`` is true, in registry order."""
+    return [name for name, p in providers.items() if p.available(device)]
+
+
+def check_choice(op: str, provider: str, mode: str, providers: dict, modes) -> None:
+    """``ValueError`` naming the valid choices for an unknown provider or mode."""
+    if provider not in providers:
+        raise ValueError(f"{op}: unknown provider {provider!r}; choose from {', '.join(providers)}")
+    if mode not in modes:
+        raise ValueError(f"{op}: unknown mode {mode!r}; choose from {', '.join(modes)}")

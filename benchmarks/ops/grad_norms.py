@@ -28,6 +28,8 @@ from typing import Callable
 
 import torch
 
+from . import available, check_choice
+
 OP = "grad_norms"
 X_NAME = "Mparams"
 DEFAULTS = {"Mparams": [1, 16, 64], "layers": 12, "dtype": "float32"}
@@ -129,14 +131,11 @@ PROVIDERS: dict[str, Provider] = {
 
 
 def available_providers(device: str = "cpu") -> list[str]:
-    return [name for name, p in PROVIDERS.items() if p.available(device)]
+    return available(PROVIDERS, device)
 
 
 def make_fn(provider: str, mode: str, inputs: Inputs) -> Callable[[], object]:
-    if provider not in PROVIDERS:
-        raise ValueError(f"{OP}: unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
-    if mode not in MODES:
-        raise ValueError(f"{OP}: unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    check_choice(OP, provider, mode, PROVIDERS, MODES)
     return PROVIDERS[provider].build(inputs)
 
 

@@ -30,6 +30,8 @@ from typing import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from . import available, check_choice
+
 OP = "fused_logprobs"
 X_NAME = "N"
 DEFAULTS = {"N": [256, 1024, 2048], "V": 32000, "D": 512, "dtype": "float32"}
@@ -181,15 +183,12 @@ PROVIDERS: dict[str, Provider] = {
 
 def available_providers(device: str = "cpu") -> list[str]:
     """Provider names that can run on ``device``, in display order."""
-    return [name for name, p in PROVIDERS.items() if p.available(device)]
+    return available(PROVIDERS, device)
 
 
 def make_fn(provider: str, mode: str, inputs: Inputs) -> Callable[[], object]:
     """The callable that runs ``provider`` once in ``mode`` on ``inputs``."""
-    if provider not in PROVIDERS:
-        raise ValueError(f"{OP}: unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
-    if mode not in MODES:
-        raise ValueError(f"{OP}: unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    check_choice(OP, provider, mode, PROVIDERS, MODES)
     return PROVIDERS[provider].build(mode, inputs)
 
 

@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from . import available, check_choice
 from .logprobs import _DTYPES, Provider, _is_cuda
 
 OP = "fused_policy_loss"
@@ -157,14 +158,11 @@ PROVIDERS: dict[str, Provider] = {
 
 
 def available_providers(device: str = "cpu") -> list[str]:
-    return [name for name, p in PROVIDERS.items() if p.available(device)]
+    return available(PROVIDERS, device)
 
 
 def make_fn(provider: str, mode: str, inputs: Inputs) -> Callable[[], object]:
-    if provider not in PROVIDERS:
-        raise ValueError(f"{OP}: unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
-    if mode not in MODES:
-        raise ValueError(f"{OP}: unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    check_choice(OP, provider, mode, PROVIDERS, MODES)
     return PROVIDERS[provider].build(mode, inputs)
 
 
