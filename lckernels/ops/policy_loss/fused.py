@@ -112,6 +112,7 @@ def run_fused(kernels, hidden2d: torch.Tensor, weight: torch.Tensor, targets2d: 
         loss = loss + loss_c.detach()
         logprobs.index_copy_(0, rows, torch.where(p_c.valid, lp, torch.zeros_like(lp)))
         if not need_grad or not loss_c.requires_grad:
+            del logits
             continue
         leaves = [lp_leaf] + ([ent_leaf] if ent_leaf.requires_grad else [])
         grads = torch.autograd.grad(loss_c, leaves, allow_unused=True)
@@ -122,11 +123,13 @@ def run_fused(kernels, hidden2d: torch.Tensor, weight: torch.Tensor, targets2d: 
             grad_h.index_copy_(0, rows, kernels.mm_fp32(dz, w_gemm))
         if need_grad_weight:
             kernels.addmm_t_(grad_w, dz, h_c)
+        del logits, dz  # free this chunk's [rows, V] buffer before the next chunk allocates its own
     res = FusedResult()
     res.loss = loss
     res.logprobs = logprobs
     res.grad_hidden = grad_h
     res.grad_weight = grad_w
-    sq = grad_w.square().sum() if grad_w is not None else float("nan")
+    # ||dW||^2 as a dot product: no V x D temporary
+    sq = torch.dot(grad_w.view(-1), grad_w.view(-1)) if grad_w is not None else float("nan")
     res.stats = stats.finish(prep, want_entropy, cfg.kl is not None, sq)
     return res
