@@ -15,4 +15,12 @@ from .monitor import GradNormMonitor
 
 __version__ = "0.1.0"
 
-__all__ = ["grouped_mm", "moe_route", "moe_experts", "soft_gaussian_gate", "grad_norms", "GradNormMonitor", "fused_logprobs", "fused_policy_loss", "policy_loss_from_logprobs", "PolicyLossConfig", "PolicyLossOutput", "resolve_backend", "BACKENDS", "__version__"]
+__all__ = [
+    # ops
+    "fused_logprobs", "fused_policy_loss", "policy_loss_from_logprobs", "soft_gaussian_gate",
+    "grouped_mm", "moe_route", "moe_experts", "grad_norms",
+    # configuration, results, monitoring
+    "PolicyLossConfig", "PolicyLossOutput", "GradNormMonitor",
+    # dispatch
+    "resolve_backend", "BACKENDS", "__version__",
+]
