@@ -30,6 +30,9 @@ from typing import Callable
 
 import torch
 
+from . import available, check_choice
+from .logprobs import Provider, _is_cuda
+
 OP = "moe_experts"
 X_NAME = "T"
 DEFAULTS = {"T": [2048], "H": 512, "I": 256, "E": 64, "k": 8, "dtype": "float32"}
@@ -157,17 +160,6 @@ def _transformers_importable() -> bool:
     return True
 
 
-def _is_cuda(device) -> bool:
-    return torch.device(device).type == "cuda"
-
-
-@dataclass(frozen=True)
-class Provider:
-    description: str
-    build: Callable[[str, Inputs], Callable[[], object]]
-    available: Callable[[str], bool] = lambda device: True
-
-
 PROVIDERS: dict[str, Provider] = {
     "lckernels-cpu": Provider("moe_experts(backend='cpu')", lambda m, i: _autograd_step(_lckernels("cpu"), m, i),
                               lambda d: not _is_cuda(d)),
@@ -186,14 +178,11 @@ PROVIDERS: dict[str, Provider] = {
 
 
 def available_providers(device: str = "cpu") -> list[str]:
-    return [name for name, p in PROVIDERS.items() if p.available(device)]
+    return available(PROVIDERS, device)
 
 
 def make_fn(provider: str, mode: str, inputs: Inputs) -> Callable[[], object]:
-    if provider not in PROVIDERS:
-        raise ValueError(f"{OP}: unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
-    if mode not in MODES:
-        raise ValueError(f"{OP}: unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    check_choice(OP, provider, mode, PROVIDERS, MODES)
     return PROVIDERS[provider].build(mode, inputs)
 
 
