@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from . import available, check_choice
+from . import logprobs as L
 from .logprobs import _DTYPES, Provider, _is_cuda
 
 OP = "fused_policy_loss"
@@ -128,18 +129,10 @@ def _step(fn: Callable, mode: str, inp: Inputs) -> Callable[[], object]:
 
 
 def _gemm_limit(mode: str, inp: Inputs) -> Callable[[], object]:
-    h, w = inp.hidden.detach(), inp.weight.detach()
-    h = h.reshape(-1, h.shape[-1])
-    if h.device.type == "cpu":
-        h, w = h.float(), w.float()
-
-    def fwd():
-        return torch.mm(h, w.t())
-
-    def fwd_bwd():
-        g = torch.mm(h, w.t())
-        return torch.mm(g, w), torch.mm(g.t(), h)
-    return fwd if mode == "fwd" else fwd_bwd
+    """The same GEMMs as fused_logprobs' limit, on the flattened [B*T, D] hidden states."""
+    h = inp.hidden.detach()
+    flat = L.Inputs(h.reshape(-1, h.shape[-1]), inp.weight.detach(), inp.targets.reshape(-1))
+    return L._gemm_limit(mode, flat)
 
 
 PROVIDERS: dict[str, Provider] = {

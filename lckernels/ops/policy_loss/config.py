@@ -129,8 +129,6 @@ class PolicyLossConfig:
         if self.maspo_a_low > self.maspo_a_high or self.maspo_sigma_base > self.maspo_sigma_high:
             raise ValueError("PolicyLossConfig: MASPO bounds need maspo_a_low <= maspo_a_high and "
                              "maspo_sigma_base <= maspo_sigma_high")
-        if self.kl is not None and self.kl_beta == 0:
-            pass  # allowed: KL is then only reported in stats
         if isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index, int):
             raise TypeError(f"PolicyLossConfig.ignore_index must be an int; got {self.ignore_index!r}")
 

@@ -12,10 +12,12 @@ import math
 import torch
 
 from ..logprobs.cpu import chunk_ops, logprobs_forward_cpu
+from .fused import DEFAULT_CHUNK_BYTES
 
 
 class CpuKernels:
     compact = True
+    chunk_bytes = DEFAULT_CHUNK_BYTES
 
     def __init__(self, explicit: bool, ignore_index: int):
         self.ops = chunk_ops(explicit)

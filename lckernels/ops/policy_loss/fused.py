@@ -62,7 +62,7 @@ def run_fused(kernels, hidden2d: torch.Tensor, weight: torch.Tensor, targets2d: 
               need_grad_hidden: bool, need_grad_weight: bool) -> FusedResult:
     """hidden2d [N, D] with N = B * T rows in [B, T] order; targets2d [B, T]; the rest [B, T] / [B] (validated).
 
-    ``kernels`` provides ``compact`` (drop invalid rows first: fine on CPU, a host sync on GPU),
+    ``kernels`` provides ``chunk_bytes`` (logits budget per row chunk), ``compact`` (drop invalid rows first: fine on CPU, a host sync on GPU),
     ``weight_for_gemm(weight)``, ``row_stats(h_chunk, w, y_chunk, inv_t) -> (lp, ent, lse, logits)``,
     ``dlogits_(logits, y_chunk, lse, ent, g_scaled, ge_scaled)`` (in place, returns the tensor for the GEMMs) and
     ``forward_logprobs(hidden2d, weight, targets_flat, temperature) -> lp``.
@@ -76,11 +76,10 @@ def run_fused(kernels, hidden2d: torch.Tensor, weight: torch.Tensor, targets2d: 
 
     # Prepass for the modes that need every token's current log-prob before any token's gradient.
     need_prepass = cfg.mode == "gspo" or (old is None and cfg.needs_rollout_logprobs)
-    if need_prepass and old is None:
-        old = kernels.forward_logprobs(hidden2d, weight, y_flat, cfg.temperature).reshape(b, t).float()
-        prepass_lp = old
-    elif need_prepass:
+    if need_prepass:
         prepass_lp = kernels.forward_logprobs(hidden2d, weight, y_flat, cfg.temperature).reshape(b, t).float()
+        if old is None:
+            old = prepass_lp
     valid = base_valid(targets2d, mask, (b, t), cfg.ignore_index, dev)
     prep = prepare(valid, advantages, old, rollout, ref, cfg)
     gspo = gspo_sequence_log_ratio(prepass_lp, prep.old, prep.valid) if cfg.mode == "gspo" else None
@@ -94,8 +93,7 @@ def run_fused(kernels, hidden2d: torch.Tensor, weight: torch.Tensor, targets2d: 
     w_gemm = kernels.weight_for_gemm(weight)
     stats = StatSums()
     loss = torch.zeros((), device=dev, dtype=torch.float32)
-    want_entropy = True  # entropy is nearly free here and feeds stats["entropy_mean"]
-    chunk = rows_per_chunk(v, rows_total, getattr(kernels, "chunk_bytes", DEFAULT_CHUNK_BYTES))
+    chunk = rows_per_chunk(v, rows_total, kernels.chunk_bytes)
     for r0 in range(0, rows_total, chunk):
         sel = torch.arange(r0, min(r0 + chunk, rows_total), device=dev)
         rows = sel if idx is None else idx[sel]
@@ -108,7 +106,8 @@ def run_fused(kernels, hidden2d: torch.Tensor, weight: torch.Tensor, targets2d: 
         ent_leaf = ent.detach().requires_grad_(need_grad and cfg.entropy_coef != 0)
         with torch.enable_grad():
             lp_masked = torch.where(p_c.valid, lp_leaf, torch.zeros_like(lp_leaf))
-            loss_c = loss_from_terms(lp_masked, ent_leaf if want_entropy else None, p_c, cfg, stats, g_c)
+            # entropy is nearly free here and feeds stats["entropy_mean"], so it is always passed
+            loss_c = loss_from_terms(lp_masked, ent_leaf, p_c, cfg, stats, g_c)
         loss = loss + loss_c.detach()
         logprobs.index_copy_(0, rows, torch.where(p_c.valid, lp, torch.zeros_like(lp)))
         if not need_grad or not loss_c.requires_grad:
@@ -131,5 +130,5 @@ def run_fused(kernels, hidden2d: torch.Tensor, weight: torch.Tensor, targets2d: 
     res.grad_weight = grad_w
     # ||dW||^2 as a dot product: no V x D temporary
     sq = torch.dot(grad_w.view(-1), grad_w.view(-1)) if grad_w is not None else float("nan")
-    res.stats = stats.finish(prep, want_entropy, cfg.kl is not None, sq)
+    res.stats = stats.finish(prep, True, cfg.kl is not None, sq)
     return res
