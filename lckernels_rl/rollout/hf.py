@@ -1,0 +1,81 @@
+"""Rollouts with HF transformers' ``generate`` on the training model itself (the default backend)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .base import Rollouts, check_generate_args
+
+__all__ = ["HFGenerateBackend"]
+
+
+class HFGenerateBackend:
+    """Sample with ``model.generate`` (multinomial sampling, temperature, no top-k/top-p) and return the sampled
+    tokens with their log-probs ``log_softmax(logits / temperature)``.
+
+    Uses torch's global RNG (seed it, or restore its state, for reproducible rollouts).  The model is shared with the
+    trainer, so :meth:`sync_weights` has nothing to copy.
+
+    Args:
+        model: a ``*ForCausalLM``; put in eval mode while sampling, its previous mode restored after.
+        eos_token_id / pad_token_id: token ids (EOS ends a response and is kept in it).
+        batch_size: the most sequences per ``generate`` call (memory bound; 0 = all at once).
+    """
+
+    def __init__(self, model, *, eos_token_id: int, pad_token_id: int, batch_size: int = 0):
+        self.model = model
+        self.eos_token_id = int(eos_token_id)
+        self.pad_token_id = int(pad_token_id)
+        self.batch_size = int(batch_size)
+
+    def sync_weights(self, model) -> None:
+        if model is not self.model:
+            self.model = model
+
+    def close(self) -> None:
+        pass
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: Sequence[Sequence[int]], counts: Sequence[int], *, max_new_tokens: int,
+                 temperature: float = 1.0) -> Rollouts:
+        counts = check_generate_args(prompt_ids, counts, max_new_tokens, temperature)
+        index = [i for i, c in enumerate(counts) for _ in range(c)]
+        out = Rollouts()
+        if not index:
+            return out
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            step = self.batch_size if self.batch_size > 0 else len(index)
+            for s in range(0, len(index), step):
+                self._generate_chunk(prompt_ids, index[s:s + step], max_new_tokens, float(temperature), out)
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _generate_chunk(self, prompt_ids, index, max_new_tokens, temperature, out: Rollouts) -> None:
+        device = next(self.model.parameters()).device
+        prompts = [list(map(int, prompt_ids[i])) for i in index]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, p in enumerate(prompts):  # left padding: every prompt ends at the same column
+            ids[r, width - len(p):] = torch.tensor(p)
+            mask[r, width - len(p):] = 1
+        gen = self.model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=temperature,
+            top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id, return_dict_in_generate=True, output_logits=True)
+        new = gen.sequences[:, width:].cpu()
+        logits = torch.stack(gen.logits, 1).float().cpu()[:, :new.shape[1]]  # [B, steps, V], raw (unprocessed)
+        lp = torch.log_softmax(logits / temperature, -1).gather(-1, new[..., None]).squeeze(-1)
+        for r, i in enumerate(index):
+            toks = new[r].tolist()
+            n = toks.index(self.eos_token_id) + 1 if self.eos_token_id in toks else len(toks)
+            out.prompt_index.append(i)
+            out.prompt_ids.append(prompts[r])
+            out.response_ids.append(toks[:n])
+            out.logprobs.append(lp[r, :n].tolist())
+            out.finished.append(n > 0 and toks[n - 1] == self.eos_token_id)

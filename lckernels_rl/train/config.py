@@ -1,0 +1,301 @@
+"""The trainer's configuration: nested dataclasses loaded from YAML, every field checked up front.
+
+A YAML file gives any subset of the sections below (missing fields keep their defaults); an unknown section or field,
+a value of the wrong type or an unknown objective / allocator / estimator / model / environment name raises
+``ConfigError`` (a ``ValueError``) naming the field and listing the valid choices.  ``--set rl.steps=10`` style
+overrides go through the same checks (:func:`apply_overrides`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = ["ConfigError", "ModelConfig", "TaskConfig", "SFTConfig", "RLConfig", "RolloutConfig", "LogConfig",
+           "TrainConfig", "load_config", "apply_overrides", "resolve_config_path", "ADVANTAGES"]
+
+# Advantage estimators the trainer can feed: they take (rewards [B], group index [B]).
+ADVANTAGES = ("grpo", "dr_grpo", "batch_std")
+
+
+class ConfigError(ValueError):
+    """A bad trainer configuration."""
+
+
+@dataclass
+class ModelConfig:
+    """The policy: a preset of :mod:`lckernels_rl.models` plus config-field overrides."""
+    arch: str = "longcat_flash"
+    experts_implementation: str = "lckernels"
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class TaskConfig:
+    """The environment and its prompt sets.
+
+    ``train_size`` problems (environment seeds ``0..train_size-1``) form the training pool; ``eval_size`` further
+    problems (seeds from ``10**6`` on) are the greedy-decoding evaluation set.
+    """
+    env: str = "arithmetic"
+    env_args: dict = field(default_factory=dict)
+    train_size: int = 2048
+    eval_size: int = 256
+
+
+@dataclass
+class SFTConfig:
+    """Supervised warm-up on the environment's demonstrations (``steps: 0`` skips it)."""
+    steps: int = 100
+    batch_size: int = 64
+    lr: float = 3e-3
+
+
+@dataclass
+class RLConfig:
+    """The RL phase.
+
+    ``rollouts_per_step`` is the sampling budget split over ``prompts_per_step`` prompts by ``allocator``
+    (``n_min``/``n_max`` bound each prompt's count).  ``reuse`` > 1 trains that many updates on each rollout batch;
+    ``dgg`` (a dict of :class:`lckernels_rl.gating.DGGConfig` fields, or ``null``) gates those reuses.
+    ``backend`` is the lckernels backend of the loss (``auto``/``cpu``/``triton``/``reference``); ``loss`` is
+    ``fused`` (``objective.fused``: hidden states + lm_head through ``fused_policy_loss``) or ``per_token``
+    (materialize the logits, ``log_softmax``, then the per-token objective: the unfused baseline).
+    """
+    steps: int = 100
+    prompts_per_step: int = 16
+    rollouts_per_step: int = 128
+    allocator: str = "uniform"
+    allocator_args: dict = field(default_factory=dict)
+    n_min: int = 2
+    n_max: Optional[int] = None
+    objective: str = "grpo"
+    objective_args: dict = field(default_factory=dict)
+    advantage: str = "grpo"
+    max_new_tokens: int = 8
+    temperature: float = 1.0
+    reuse: int = 1
+    dgg: Optional[dict] = None
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.99)
+    grad_clip: float = 1.0
+    backend: str = "auto"
+    loss: str = "fused"
+
+
+@dataclass
+class RolloutConfig:
+    """The rollout engine: ``hf`` (``generate`` on the training model) or ``vllm`` (the ``vllm`` extra)."""
+    backend: str = "hf"
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class LogConfig:
+    output_dir: str = "runs/default"
+    checkpoint_every: int = 50
+    eval_every: int = 20
+    plots: bool = True
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads (0: leave torch's default)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "TrainConfig":
+        cfg = _build(cls, data or {}, "")
+        validate(cfg)
+        return cfg
+
+
+_SECTIONS = {"model": ModelConfig, "task": TaskConfig, "sft": SFTConfig, "rl": RLConfig, "rollout": RolloutConfig,
+             "log": LogConfig}
+
+
+def _check_type(path: str, value, default, annotation: str):
+    if "dict" in annotation:
+        if value is None and "Optional" in annotation:
+            return None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping; got {type(value).__name__}")
+        return dict(value)
+    if annotation == "tuple":
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list; got {value!r}")
+        return tuple(float(v) for v in value)
+    if annotation.startswith("Optional[int]"):
+        if value is None:
+            return None
+        annotation = "int"
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false; got {value!r}")
+        return value
+    if annotation == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer; got {value!r}")
+        return value
+    if annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number; got {value!r}")
+        return float(value)
+    if annotation == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string; got {value!r}")
+        return value
+    return value  # pragma: no cover
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping; got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = prefix.rstrip(".") or "the top level"
+        raise ConfigError(f"unknown field(s) {unknown} in {where}; valid fields: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        path = prefix + name
+        if cls is TrainConfig and name in _SECTIONS:
+            kwargs[name] = _build(_SECTIONS[name], value if value is not None else {}, path + ".")
+        else:
+            kwargs[name] = _check_type(path, value, None, str(fields[name].type))
+    return cls(**kwargs)
+
+
+def _choice(path: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{path}: unknown value {value!r}; valid choices: {', '.join(sorted(choices))}")
+
+
+def _positive(path: str, value, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{path} must be {'>= 0' if allow_zero else '> 0'}; got {value!r}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check names against the registries and ranges; raises :class:`ConfigError`."""
+    import lckernels
+    from lckernels_rl.budget import list_allocators
+    from lckernels_rl.envs import list_envs
+    from lckernels_rl.models import list_archs
+    from lckernels_rl.objectives import get_objective, list_objectives
+    from lckernels_rl.rollout import BACKENDS as ROLLOUT_BACKENDS
+
+    _choice("model.arch", cfg.model.arch, list_archs())
+    _choice("model.experts_implementation", cfg.model.experts_implementation,
+            ("lckernels", "eager", "grouped_mm", "batched_mm"))
+    _choice("task.env", cfg.task.env, list_envs())
+    _choice("rl.objective", cfg.rl.objective, list_objectives())
+    _choice("rl.allocator", cfg.rl.allocator, list_allocators())
+    _choice("rl.advantage", cfg.rl.advantage, ADVANTAGES)
+    _choice("rl.backend", cfg.rl.backend, lckernels.BACKENDS)
+    _choice("rl.loss", cfg.rl.loss, ("fused", "per_token"))
+    _choice("rollout.backend", cfg.rollout.backend, ROLLOUT_BACKENDS)
+    for path, v, zero in (("task.train_size", cfg.task.train_size, False), ("task.eval_size", cfg.task.eval_size, True),
+                          ("sft.steps", cfg.sft.steps, True), ("sft.batch_size", cfg.sft.batch_size, False),
+                          ("sft.lr", cfg.sft.lr, False), ("rl.steps", cfg.rl.steps, True),
+                          ("rl.prompts_per_step", cfg.rl.prompts_per_step, False),
+                          ("rl.rollouts_per_step", cfg.rl.rollouts_per_step, False),
+                          ("rl.n_min", cfg.rl.n_min, True), ("rl.max_new_tokens", cfg.rl.max_new_tokens, False),
+                          ("rl.temperature", cfg.rl.temperature, False), ("rl.reuse", cfg.rl.reuse, False),
+                          ("rl.lr", cfg.rl.lr, False), ("rl.weight_decay", cfg.rl.weight_decay, True),
+                          ("rl.grad_clip", cfg.rl.grad_clip, True), ("threads", cfg.threads, True),
+                          ("log.checkpoint_every", cfg.log.checkpoint_every, True),
+                          ("log.eval_every", cfg.log.eval_every, True)):
+        _positive(path, v, zero)
+    if cfg.rl.prompts_per_step > cfg.task.train_size:
+        raise ConfigError(f"rl.prompts_per_step ({cfg.rl.prompts_per_step}) must be <= task.train_size "
+                          f"({cfg.task.train_size})")
+    if cfg.rl.n_max is not None and cfg.rl.n_max < max(cfg.rl.n_min, 1):
+        raise ConfigError(f"rl.n_max ({cfg.rl.n_max}) must be >= max(rl.n_min, 1)")
+    if len(cfg.rl.betas) != 2 or not all(0 <= b < 1 for b in cfg.rl.betas):
+        raise ConfigError(f"rl.betas must be two numbers in [0, 1); got {list(cfg.rl.betas)}")
+    try:
+        get_objective(cfg.rl.objective, **cfg.rl.objective_args)
+    except TypeError as exc:
+        raise ConfigError(f"rl.objective_args: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"rl.objective_args: {exc}") from None
+    if cfg.rl.dgg is not None:
+        from lckernels_rl.gating import DGGConfig
+
+        try:
+            DGGConfig(**cfg.rl.dgg)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"rl.dgg: {exc}") from None
+    try:
+        from lckernels_rl.envs import make_env
+
+        make_env(cfg.task.env, **cfg.task.env_args)
+    except TypeError as exc:
+        raise ConfigError(f"task.env_args: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"task.env_args: {exc}") from None
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML path as given, or ``<name>`` / ``<name>.yaml`` under the repository's ``configs/``."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    for cand in (configs / name_or_path, configs / f"{name_or_path}.yaml"):
+        if cand.is_file():
+            return cand
+    available = sorted(q.stem for q in configs.glob("*.yaml")) if configs.is_dir() else []
+    raise ConfigError(f"config {name_or_path!r} not found (not a file; bundled configs: "
+                      f"{', '.join(available) or 'none'})")
+
+
+def _parse_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.field=value`` strings (values parsed as YAML) to a config dict (a copy is returned)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.field=value; got {item!r}")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p} is not a section")
+        node[parts[-1]] = _parse_value(text)
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (a path, or a bundled config name), apply ``overrides``, validate."""
+    import yaml
+
+    p = resolve_config_path(str(path))
+    with open(p) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    return TrainConfig.from_dict(apply_overrides(data, overrides or []))

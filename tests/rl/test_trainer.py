@@ -1,0 +1,321 @@
+"""The end-to-end trainer (issue 7): configs, environment, tokenizer, rollouts, batches, every objective and
+allocator through one RL step, exact resume, CLI, plots."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from lckernels_rl.budget import list_allocators  # noqa: E402
+from lckernels_rl.envs import ArithmeticEnv, make_env  # noqa: E402
+from lckernels_rl.models import build_char_tokenizer, build_policy  # noqa: E402
+from lckernels_rl.objectives import list_objectives  # noqa: E402
+from lckernels_rl.rollout import HFGenerateBackend, make_backend  # noqa: E402
+from lckernels_rl.train import ConfigError, TrainConfig, Trainer, load_config  # noqa: E402
+from lckernels_rl.train.cli import main, summarize  # noqa: E402
+from lckernels_rl.train.plots import PANELS  # noqa: E402
+
+TINY_LONGCAT = dict(hidden_size=32, ffn_hidden_size=64, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8,
+                    qk_rope_head_dim=8, head_dim=8, v_head_dim=8, num_attention_heads=2, num_key_value_heads=2,
+                    n_routed_experts=4, expert_ffn_hidden_size=32)
+TINY = {"qwen3_moe": dict(hidden_size=32, head_dim=16, num_attention_heads=2, num_key_value_heads=1,
+                          intermediate_size=64, moe_intermediate_size=32, num_experts=4),
+        "qwen3": dict(hidden_size=32, head_dim=16, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64),
+        "longcat_flash": TINY_LONGCAT}
+TIMING = {"time_s", "time_rollout_s", "tokens_per_s"}
+
+
+def tiny_config(tmp_path, **sections) -> TrainConfig:
+    data = {
+        "seed": 0,
+        "model": {"arch": "longcat_flash", "overrides": TINY_LONGCAT},
+        "task": {"env": "arithmetic", "env_args": {"max_value": 9}, "train_size": 64, "eval_size": 8},
+        "sft": {"steps": 2, "batch_size": 8},
+        "rl": {"steps": 2, "prompts_per_step": 4, "rollouts_per_step": 16, "max_new_tokens": 3},
+        "log": {"output_dir": str(tmp_path / "run"), "checkpoint_every": 0, "eval_every": 2, "progress": False,
+                "plots": False},
+    }
+    for name, fields in sections.items():
+        if isinstance(fields, dict) and isinstance(data.get(name), dict):
+            data[name] = {**data[name], **fields}
+        else:
+            data[name] = fields
+    return TrainConfig.from_dict(data)
+
+
+# ----------------------------------------------------------------------------------------------- config errors
+@pytest.mark.parametrize("bad, needle", [
+    ({"rl": {"objective": "ppo2"}}, "valid choices: aopd, cispo"),
+    ({"rl": {"allocator": "greedy"}}, "valid choices: coba, dapo_filter, dynamo"),
+    ({"rl": {"advantage": "gae"}}, "rl.advantage"),
+    ({"model": {"arch": "llama"}}, "valid choices: longcat_flash, qwen3, qwen3_moe"),
+    ({"task": {"env": "chess"}}, "task.env"),
+    ({"rl": {"stepz": 3}}, "unknown field(s) ['stepz'] in rl; valid fields: steps"),
+    ({"trainer": {}}, "unknown field(s) ['trainer'] in the top level"),
+    ({"rl": {"steps": "ten"}}, "rl.steps must be an integer"),
+    ({"rl": {"steps": -1}}, "rl.steps must be >= 0"),
+    ({"rl": {"lr": 0}}, "rl.lr must be > 0"),
+    ({"rl": {"objective_args": {"eps_low": 0.2, "nonsense": 1}}}, "rl.objective_args"),
+    ({"rl": {"dgg": {"statistic": "bogus"}}}, "rl.dgg"),
+    ({"rl": {"prompts_per_step": 100}, "task": {"train_size": 10}}, "must be <= task.train_size"),
+    ({"task": {"env_args": {"ops": "/"}}}, "task.env_args"),
+    ({"rl": {"betas": [0.9]}}, "rl.betas"),
+    ({"model": "big"}, "model must be a mapping"),
+])
+def test_bad_configs_name_the_field_and_choices(bad, needle):
+    with pytest.raises(ConfigError) as exc:
+        TrainConfig.from_dict(bad)
+    assert needle in str(exc.value)
+
+
+def test_bundled_configs_load_and_overrides_apply():
+    for name in ("default", "qwen3_moe", "qwen3"):
+        cfg = load_config(name)
+        assert cfg.rl.steps > 0
+    cfg = load_config("default", ["rl.steps=7", "rl.objective_args={eps_high: 0.28}", "model.arch=qwen3"])
+    assert (cfg.rl.steps, cfg.rl.objective_args, cfg.model.arch) == (7, {"eps_high": 0.28}, "qwen3")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no_such_config")
+    with pytest.raises(ConfigError, match="section.field=value"):
+        load_config("default", ["rl.steps"])
+
+
+# ----------------------------------------------------------------------------------------------- env, tokenizer
+def test_arithmetic_env_exact_match_and_seeding():
+    env = ArithmeticEnv(ops="+-*", min_value=3, max_value=12)
+    seen = set()
+    for s in range(50):
+        obs, info = env.reset(seed=s)
+        a, op, b = obs[:-1].partition("+")[0], None, None
+        assert obs.endswith("=") and 3 <= int(obs.replace("-", "+").replace("*", "+").split("+")[0]) <= 12
+        assert env.reset(seed=s) == (obs, info)
+        assert str(eval(obs[:-1])) == info["answer"] == env.demonstration()
+        assert env.step(" " + info["answer"] + "\n")[1:3] == (1.0, True)
+        assert env.step(info["answer"] + "0")[1] == 0.0
+        seen.add(obs[-2:-1] if False else [c for c in obs if c in "+-*"][0])
+    assert seen == {"+", "-", "*"}
+    with pytest.raises(ValueError, match="ops"):
+        ArithmeticEnv(ops="/")
+    with pytest.raises(ValueError, match="min_value"):
+        ArithmeticEnv(min_value=5, max_value=2)
+    with pytest.raises(TypeError, match="action"):
+        env.step(5)
+    with pytest.raises(ValueError, match="available: arithmetic"):
+        make_env("maze")
+
+
+def test_char_tokenizer_round_trip_and_save(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = build_char_tokenizer(ArithmeticEnv.alphabet)
+    text = "12*34=408"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text) and min(ids) >= 4
+    assert tok.decode(ids + [tok.eos_token_id], skip_special_tokens=True) == text
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(text, add_special_tokens=False)["input_ids"] == ids
+    assert (again.pad_token_id, again.bos_token_id, again.eos_token_id) == (0, 1, 2)
+
+
+# ----------------------------------------------------------------------------------------------- rollouts
+@pytest.mark.parametrize("arch", ["longcat_flash", "qwen3_moe", "qwen3"])
+def test_hf_rollouts_logprobs_match_a_training_forward(arch):
+    model = build_policy(arch, vocab_size=24, seed=0, **TINY[arch])
+    backend = HFGenerateBackend(model, eos_token_id=2, pad_token_id=0)
+    prompts = [[5, 6, 7, 8], [9, 10], [11]]
+    out = backend.generate(prompts, [3, 0, 2], max_new_tokens=5, temperature=0.7)
+    assert out.prompt_index == [0, 0, 0, 2, 2] and len(out) == 5 and model.training
+    for p, y, lps, fin in zip(out.prompt_ids, out.response_ids, out.logprobs, out.finished):
+        assert 1 <= len(y) <= 5 and len(lps) == len(y)
+        assert fin == (y[-1] == 2) and 2 not in y[:-1]
+        with torch.no_grad():  # unpadded single-sequence recomputation
+            logits = model(torch.tensor([p + y])).logits[0].float() / 0.7
+        ref = torch.log_softmax(logits, -1)[len(p) - 1:len(p) - 1 + len(y)].gather(-1, torch.tensor(y)[:, None])
+        torch.testing.assert_close(torch.tensor(lps), ref.squeeze(-1), atol=2e-4, rtol=0)
+
+
+def test_rollout_backend_errors():
+    model = build_policy("qwen3", vocab_size=16, seed=0, **TINY["qwen3"])
+    tok = build_char_tokenizer("0123456789")
+    backend = make_backend("hf", model, tok)
+    with pytest.raises(ValueError, match="one entry per prompt"):
+        backend.generate([[5]], [1, 2], max_new_tokens=2)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        backend.generate([[5]], [1], max_new_tokens=0)
+    with pytest.raises(ValueError, match="at least one token"):
+        backend.generate([[]], [1], max_new_tokens=2)
+    with pytest.raises(ValueError, match="available: hf, vllm"):
+        make_backend("sglang", model, tok)
+
+
+# ----------------------------------------------------------------------------------------------- batches
+def test_packed_batch_hidden_states_predict_the_response(tmp_path):
+    """Left-padded prompts + right-padded responses: the fused log-probs of the packed batch equal each sequence's
+    own unpadded forward (checks the padding, the position ids and the hidden-state slice)."""
+    import lckernels
+
+    tr = Trainer(tiny_config(tmp_path))
+    prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+    responses = [[6, 2], [7, 8, 9, 2], [5]]
+    ids, attn, pos, p0, targets, mask = tr._pack(prompts, responses)
+    assert mask.sum(1).tolist() == [2, 4, 1]
+    with torch.no_grad():
+        h = tr._hidden(tr.model, ids, attn, pos, p0, targets.shape[1])
+        lp = lckernels.fused_logprobs(h, tr.model.lm_head.weight, targets.masked_fill(~mask, 0))
+        for i, (p, y) in enumerate(zip(prompts, responses)):
+            logits = tr.model(torch.tensor([p + y])).logits[0].float()
+            ref = torch.log_softmax(logits, -1)[len(p) - 1:len(p) - 1 + len(y)].gather(-1, torch.tensor(y)[:, None])
+            torch.testing.assert_close(lp[i, :len(y)], ref.squeeze(-1), atol=2e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- RL steps
+def _run(cfg) -> list[dict]:
+    tr = Trainer(cfg)
+    try:
+        return tr.fit()
+    finally:
+        tr.close()
+
+
+@pytest.fixture
+def mixed_rewards(monkeypatch):
+    """A random-init policy almost never solves a problem, so every group would be all-0 (zero advantages, zero
+    gradients).  Reward odd-length responses instead: groups are mixed and every objective gets a signal."""
+    from lckernels_rl.train.allocation import PromptPool
+
+    monkeypatch.setattr(PromptPool, "reward", lambda self, i, text: float(len(text) % 2))
+
+
+@pytest.mark.parametrize("objective", list_objectives())
+def test_every_objective_trains_through_the_trainer(tmp_path, objective, mixed_rewards):
+    args = {"kl_beta": 0.01} if objective == "grpo" else {}
+    rows = _run(tiny_config(tmp_path, rl={"objective": objective, "objective_args": args, "reuse": 2}))
+    rl = [r for r in rows if r["phase"] == "rl"]
+    assert len(rl) == 2
+    for r in rl:
+        assert math.isfinite(r["loss"]) and 0 <= r["reward_mean"] <= 1 and r["updates"] == 2
+        assert r["grad_norm_lm_head"] > 0 and r["grad_norm_rest"] > 0
+    if objective == "grpo":
+        assert "kl_mean" in rl[0]
+
+
+@pytest.mark.parametrize("allocator", list_allocators())
+def test_every_allocator_trains_through_the_trainer(tmp_path, allocator):
+    rl = {"allocator": allocator, "steps": 3, "n_min": 2, "n_max": 8}
+    rows = _run(tiny_config(tmp_path, rl=rl, task={"train_size": 8}))  # 8 prompts: the pool statistics get reused
+    steps = [r for r in rows if r["phase"] == "rl"]
+    assert len(steps) == 3
+    for r in steps:
+        assert r["rollouts"] == 16 and 2 <= r["counts_min"] <= r["counts_max"] <= 8
+
+
+@pytest.mark.parametrize("objective", ["grpo", "gspo", "maspo", "aopd"])
+def test_fused_and_per_token_losses_agree_in_the_trainer(tmp_path, objective, mixed_rewards):
+    """One RL step from the same state with the fused loss and with materialized logits: same metrics."""
+    a = _run(tiny_config(tmp_path / "a", rl={"objective": objective, "loss": "fused", "steps": 1}))
+    b = _run(tiny_config(tmp_path / "b", rl={"objective": objective, "loss": "per_token", "steps": 1}))
+    ra, rb = a[-1], b[-1]
+    assert ra["reward_mean"] == rb["reward_mean"]
+    for key in ("loss", "grad_norm_lm_head", "grad_norm_rest"):
+        assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), key
+
+
+def test_dgg_gates_reuse_in_the_trainer(tmp_path, mixed_rewards):
+    cfg = tiny_config(tmp_path, rl={"steps": 4, "reuse": 4, "lr": 0.05, "dgg": {"tau": 0.0, "window": 2}})
+    rows = [r for r in _run(cfg) if r["phase"] == "rl"]
+    assert any(r["dgg_fired"] for r in rows)
+    for r in rows:
+        assert r["updates"] == 4 or (r["dgg_fired"] and r["updates"] < 4)
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "qwen3"])
+def test_other_archs_train(tmp_path, arch):
+    rows = _run(tiny_config(tmp_path, model={"arch": arch, "overrides": TINY[arch]}))
+    assert [r["phase"] for r in rows] == ["init", "sft", "sft", "rl", "rl"]
+
+
+def test_supervised_warm_up_learns(tmp_path):
+    """The warm-up alone fits a small problem set (a sanity check that the SFT path trains)."""
+    cfg = tiny_config(tmp_path, task={"train_size": 16, "eval_size": 0}, sft={"steps": 60, "batch_size": 16,
+                                                                                "lr": 0.003}, rl={"steps": 0})
+    rows = _run(cfg)
+    losses = [r["loss"] for r in rows if r["phase"] == "sft"]
+    assert losses[-1] < 0.3 * losses[0]
+
+
+# ----------------------------------------------------------------------------------------------- resume
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, mixed_rewards):
+    """Crash after step 5 with checkpoints at 2 and 4; --resume from step 4 must write the same steps 5..8."""
+    kw = dict(sft={"steps": 3}, rl={"steps": 5, "reuse": 2, "dgg": {"window": 2, "tau": 0.5}},
+              log={"checkpoint_every": 2, "eval_every": 3, "progress": False, "plots": False})
+    full = _run(tiny_config(tmp_path / "full", **kw))
+
+    cfg = tiny_config(tmp_path / "crash", **kw)
+    tr = Trainer(cfg)
+    tr.fit(max_steps=5)  # checkpoints at steps 2 and 4; step 5's metrics line is written, then the "crash"
+    tr.close()
+    resumed = Trainer(cfg, resume=True)
+    assert resumed.step == 4
+    resumed.fit()
+    resumed.close()
+    lines = [json.loads(ln) for ln in (tmp_path / "crash" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [r["step"] for r in full] == list(range(0, 9))
+
+    def strip(r):
+        return {k: v for k, v in r.items() if k not in TIMING}
+
+    assert [strip(r) for r in lines] == [strip(r) for r in full]
+    assert any(r.get("grad_norm_rest", 0) > 0 for r in full if r["phase"] == "rl")  # the RL steps did train
+
+
+def test_resume_errors(tmp_path):
+    cfg = tiny_config(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer(cfg, resume=True)
+    tr = Trainer(cfg)
+    tr.fit(max_steps=1)
+    tr.save_checkpoint()
+    other = tiny_config(tmp_path, rl={"lr": 0.01})
+    with pytest.raises(ValueError, match="config differs"):
+        Trainer(other, resume=True)
+
+
+# ----------------------------------------------------------------------------------------------- CLI, plots
+def test_cli_trains_writes_metrics_plots_and_checkpoint(tmp_path, capsys):
+    import yaml
+
+    cfg = tiny_config(tmp_path).to_dict()
+    cfg["log"].update(plots=True, checkpoint_every=2)
+    cfg["rl"]["betas"] = list(cfg["rl"]["betas"])
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path), "--set", "rl.steps=3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "eval_initial" in out and "rl_reward_last" in out
+    run = tmp_path / "run"
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(0, 6))
+    for fname, *_ in PANELS:
+        assert (run / "plots" / fname).stat().st_size > 1000
+    assert (run / "checkpoint.pt").is_file() and (run / "model" / "tokenizer.json").is_file()
+    assert (run / "model" / "config.json").is_file() and (run / "config.yaml").is_file()
+    s = summarize(rows)
+    assert s["eval_initial"] == rows[0]["eval_accuracy"] and s["eval_final"] == rows[-1]["eval_accuracy"]
+
+    assert main(["train", "--config", str(path), "--set", "rl.objective=nope"]) == 2
+    assert "valid choices: aopd" in capsys.readouterr().err
+
+
+def test_python_m_entry_point_parses(tmp_path):
+    from lckernels_rl.train.cli import main_train
+
+    with pytest.raises(SystemExit) as exc:
+        main_train(["--help"])
+    assert exc.value.code == 0
