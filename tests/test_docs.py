@@ -11,6 +11,8 @@ import pytest
 import lckernels.ops.gating
 import lckernels.ops.logprobs
 import lckernels.ops.policy_loss
+import lckernels_rl.envs.arithmetic
+import lckernels_rl.models.tokenizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
@@ -25,7 +27,8 @@ def test_readme_example_runs(code):
     exec(compile(code, "README.md", "exec"), {})
 
 
-@pytest.mark.parametrize("module", [lckernels.ops.logprobs, lckernels.ops.policy_loss, lckernels.ops.gating],
+@pytest.mark.parametrize("module", [lckernels.ops.logprobs, lckernels.ops.policy_loss, lckernels.ops.gating,
+                                    lckernels_rl.envs.arithmetic, lckernels_rl.models.tokenizer],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

@@ -88,6 +88,7 @@ class Trainer:
 
             self.gate = DynamicGradientGate(**cfg.rl.dgg)
         self.teacher = None  # frozen post-warm-up policy: AOPD's teacher / the KL reference
+        self._last_groups = None  # self_verify: (questions, responses, correct) of the last generation step
         self.step = 0
         self.optimizer = None
         self.phase = None
@@ -277,14 +278,54 @@ class Trainer:
         metrics.setdefault("entropy_mean", float((ent.detach() * m).sum() / m.sum().clamp_min(1)))
         return loss, metrics, lp.detach()
 
+    def _generation_batch(self):
+        """The task's rollouts: pool prompts, the allocator's counts, the environment's rewards."""
+        prompt_idx = self.pool.sample(self.rng, self.config.rl.prompts_per_step)
+        self._step_answers = [self.pool.answer_ids[i] for i in prompt_idx]
+        rollouts, rewards, counts = allocate_rollouts(self, prompt_idx)
+        self.pool.update(prompt_idx, rollouts.prompt_index, rewards)
+        if self.config.rl.objective == "self_verify":  # the next verification step's material
+            groups: dict[int, list[int]] = {}
+            for k, pi in enumerate(rollouts.prompt_index):
+                groups.setdefault(pi, []).append(k)
+            dec = [self.tokenizer.decode(r, skip_special_tokens=True) for r in rollouts.response_ids]
+            self._last_groups = ([self.pool.prompts[prompt_idx[pi]] for pi in groups],
+                                 [[dec[k] for k in ks] for ks in groups.values()],
+                                 [[bool(rewards[k] > 0) for k in ks] for ks in groups.values()])
+        return rollouts, rewards, counts
+
+    def _verification_batch(self):
+        """Self-verify's verification step: the policy judges its own previous rollouts ("Yes"/"No"), rewarded
+        when the verdict matches the exact-match label; ``None`` when the last groups give no balanced example."""
+        c = self.config.rl
+        questions, responses, correct = self._last_groups
+        examples = self.objective.build_examples(questions, responses, correct, seed=int(self.rng.integers(2**31)))
+        if not examples:
+            return None
+        from lckernels_rl.budget import uniform_allocate
+        from lckernels_rl.objectives.self_verify import verification_reward
+
+        prompts = [self.tokenizer(e.prompt, add_special_tokens=False)["input_ids"] for e in examples]
+        counts = uniform_allocate(c.rollouts_per_step, len(prompts), n_min=1, seed=int(self.rng.integers(2**31)))
+        rollouts = self.rollout.generate(prompts, counts.tolist(), max_new_tokens=c.max_new_tokens,
+                                         temperature=c.temperature)
+        rewards = np.array([verification_reward(self.tokenizer.decode(r, skip_special_tokens=True),
+                                                examples[pi].label)
+                            for pi, r in zip(rollouts.prompt_index, rollouts.response_ids)], dtype=np.float64)
+        return rollouts, rewards, counts
+
+    def _is_verification_step(self) -> bool:
+        if self.config.rl.objective != "self_verify" or self._last_groups is None:
+            return False
+        return self.objective.schedule().is_verification_step(self.step - self.config.sft.steps)  # 0-based RL step
+
     def _rl_step(self) -> dict[str, Any]:
         c = self.config.rl
         t0 = time.perf_counter()
-        prompt_idx = self.pool.sample(self.rng, c.prompts_per_step)
-        self._step_answers = [self.pool.answer_ids[i] for i in prompt_idx]
-        rollouts, rewards, counts = allocate_rollouts(self, prompt_idx)
+        batch = self._verification_batch() if self._is_verification_step() else None
+        kind = "generation" if batch is None else "verification"
+        rollouts, rewards, counts = batch if batch is not None else self._generation_batch()
         t_rollout = time.perf_counter() - t0
-        self.pool.update(prompt_idx, rollouts.prompt_index, rewards)
 
         index = torch.tensor(rollouts.prompt_index)
         r_t = torch.tensor(rewards, dtype=torch.float32)
@@ -302,6 +343,7 @@ class Trainer:
 
         old = None  # first update: on-policy (ratio 1 with its gradient)
         updates, fired, m_first = 0, False, None
+        kl_rollout, grad_norm_lm_head_max = 0.0, 0.0
         for k in range(1, c.reuse + 1):
             self.optimizer.zero_grad(set_to_none=False)
             hidden = self._hidden(self.model, ids, attn, pos, p0, targets.shape[1])
@@ -312,9 +354,11 @@ class Trainer:
                 old = lp
                 m_first = dict(metrics)
                 m_first.update(norms)
-                valid = mask
-                gap = (lp - rollout_lp).abs()[valid]
+                gap = (lp - rollout_lp).abs()[mask]
                 m_first["rollout_logprob_gap"] = float(gap.mean()) if gap.numel() else 0.0
+            else:  # how far the reused updates moved the policy from the one that sampled the batch
+                kl_rollout = max(kl_rollout, _k3(old, lp, mask))
+            grad_norm_lm_head_max = max(grad_norm_lm_head_max, norms["grad_norm_lm_head"])
             if self.gate is not None:
                 decision = self.gate.observe(norms["grad_norm_lm_head"] ** 2, k)
                 if decision.fire:
@@ -336,6 +380,10 @@ class Trainer:
                    time_rollout_s=t_rollout, tokens_per_s=n_tok / dt,
                    clip_frac=float(m_first.get("clip_frac_low", 0.0) + m_first.get("clip_frac_high", 0.0)),
                    counts_min=int(counts.min()), counts_max=int(counts.max()))
+        if c.objective == "self_verify":
+            out["step_kind"] = kind
+        if c.reuse > 1:
+            out.update(kl_rollout_max=kl_rollout, grad_norm_lm_head_max=grad_norm_lm_head_max)
         return out
 
     # ------------------------------------------------------------------ evaluation
@@ -370,7 +418,7 @@ class Trainer:
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
             "rng": {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state,
                     "python": random.getstate()},
-            "pool": self.pool.state_dict(), "gate": self.gate,
+            "pool": self.pool.state_dict(), "gate": self.gate, "last_groups": self._last_groups,
         }
 
     def save_checkpoint(self) -> Path:
@@ -402,6 +450,7 @@ class Trainer:
         random.setstate(state["rng"]["python"])
         self.pool.load_state_dict(state["pool"])
         self.gate = state["gate"]
+        self._last_groups = state["last_groups"]
         if self.rollout is not None:
             self.rollout.sync_weights(self.model)
         # keep the metrics written up to the checkpoint, drop what a crashed run wrote after it
@@ -459,6 +508,12 @@ class Trainer:
     def close(self) -> None:
         if self.rollout is not None:
             self.rollout.close()
+
+
+def _k3(old: torch.Tensor, new: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean k3 estimate of KL(pi_old || pi_new) over the sampled tokens: E[exp(d) - 1 - d], d = new - old."""
+    d = (new - old)[mask].clamp(-20, 20)
+    return float((d.exp() - 1 - d).mean()) if d.numel() else 0.0
 
 
 def _progress(enabled: bool, total: int, initial: int):

@@ -206,6 +206,31 @@ def test_every_objective_trains_through_the_trainer(tmp_path, objective, mixed_r
         assert "kl_mean" in rl[0]
 
 
+def test_self_verify_runs_verification_steps(tmp_path, mixed_rewards, monkeypatch):
+    """self_verify with every=1: RL steps alternate generation / verification; a verification step's prompts are the
+    template around the previous step's question and one of its responses."""
+    seen: list[list[str]] = []
+    real = HFGenerateBackend.generate
+
+    def spy(self, prompt_ids, counts, **kw):
+        seen.append([tr.tokenizer.decode(p) for p in prompt_ids])
+        return real(self, prompt_ids, counts, **kw)
+
+    monkeypatch.setattr(HFGenerateBackend, "generate", spy)
+    cfg = tiny_config(tmp_path, rl={"objective": "self_verify", "steps": 4,
+                                    "objective_args": {"every": 1, "template": "{question}{response}?"}})
+    tr = Trainer(cfg)
+    rows = tr.fit()
+    kinds = [r["step_kind"] for r in rows if r["phase"] == "rl"]
+    assert kinds[0] == "generation" and "verification" in kinds
+    gen_calls = [p for p in seen if not p[0].endswith("?")]
+    ver_calls = [p for p in seen if p[0].endswith("?")]
+    assert len(ver_calls) == kinds.count("verification") and len(gen_calls) == kinds.count("generation")
+    for gen, ver in zip(gen_calls, ver_calls):
+        for prompt in ver:  # a question of the preceding generation step + a response
+            assert prompt[:prompt.index("=") + 1] in gen
+
+
 @pytest.mark.parametrize("allocator", list_allocators())
 def test_every_allocator_trains_through_the_trainer(tmp_path, allocator):
     rl = {"allocator": allocator, "steps": 3, "n_min": 2, "n_max": 8}
