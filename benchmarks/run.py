@@ -28,6 +28,7 @@ OPS: dict[str, str] = {
     "fused_policy_loss": "benchmarks.ops.policy_loss",
     "moe_experts": "benchmarks.ops.moe",
     "grad_norms": "benchmarks.ops.grad_norms",
+    "rl_step": "benchmarks.ops.rl_step",
 }
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -90,7 +91,15 @@ def run(op: str, *, modes: Iterable[str] | None = None, providers: Iterable[str]
     xs = [xs] if isinstance(xs, (int, float)) else list(xs)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     modes = _select("mode", modes, mod.MODES)
-    providers = _select("provider", providers, mod.PROVIDERS, mod.available_providers(device))
+    usable = mod.available_providers(device)
+    unavailable = getattr(mod, "unavailable", None)  # optional: providers that cannot run with these params
+    if unavailable is not None:
+        for prov in list(usable):
+            why = unavailable(prov, params)
+            if why:
+                _log(True, f"note: {op}: leaving out {prov}: {why}")
+                usable.remove(prov)
+    providers = _select("provider", providers, mod.PROVIDERS, usable)
     if not providers or not modes or not xs:
         raise ValueError(f"{op}: nothing to run on {device} (providers={providers}, modes={modes}, "
                          f"{mod.X_NAME}={xs})")
@@ -110,11 +119,16 @@ def run(op: str, *, modes: Iterable[str] | None = None, providers: Iterable[str]
         for mode in modes:
             fns = {prov: mod.make_fn(prov, mode, inputs) for prov in providers}
             timings = time_interleaved(fns, warmup=warmup, repeats=repeats, device=device)
-            del fns
             for prov, t in timings.items():
                 rows.append({**base, "provider": prov, "mode": mode, "metric": "time", "unit": "ms", "x_value": x,
                              "median": t.median, "p20": t.p20, "p80": t.p80})
                 _log(verbose, f"{op} {mode:8s} {mod.X_NAME}={x:<7} {prov:22s} {t.median:10.2f} ms")
+                # optional: more metrics of the same timed calls (rl_step: tokens/s, rollout and update time)
+                for extra in (mod.extra_metrics(fns[prov], t) if hasattr(mod, "extra_metrics") else ()):
+                    rows.append({**base, "provider": prov, "mode": mode, "x_value": x, **extra})
+                    _log(verbose, f"{op} {mode:8s} {mod.X_NAME}={x:<7} {prov:22s} {extra['median']:10.2f} "
+                                  f"{extra['unit']} {extra['metric']}")
+            del fns
         del inputs
         gc.collect()
         specs = [{"module": mod.__name__, "provider": prov, "mode": mode, "x": x, "params": params,
@@ -146,6 +160,9 @@ def format_table(rows: list[dict]) -> str:
         by_op.setdefault((r["op"], r.get("config", ""), r["device"], r["commit"]), []).append(r)
     for (op, config, device, commit), grp in by_op.items():
         mod = load_op(op)
+        if hasattr(mod, "format_rows"):  # optional: an op with its own metrics prints its own table
+            out.append(mod.format_rows(grp))
+            continue
         anchor, limit = mod.ANCHOR, mod.LIMIT
         time = {(r["mode"], r["x_value"], r["provider"]): r for r in grp if r["metric"] == "time"}
         mem = {(r["mode"], r["x_value"], r["provider"]): r["median"] for r in grp if r["metric"] == "peak_mem"}

@@ -97,3 +97,23 @@ def test_policy_loss_benchmark_runs_every_provider(tmp_path):
     got = {(r["provider"], r["mode"]) for r in rows}
     assert got == {(p, m) for p in P.available_providers("cpu") for m in P.MODES}
     assert all(r["median"] > 0 for r in rows)
+
+
+def test_rl_step_benchmark_runs_every_provider(tmp_path):
+    """The end-to-end RL step at a toy size: every provider, the extra metrics, the same batch at step 1."""
+    from benchmarks.ops import rl_step as R
+
+    provs = ["lckernels-fused", "lckernels-reference", "hf-eager"]
+    rows = bench.run("rl_step", hidden=[32], prompts=2, rollouts=4, providers=provs, repeats=1, warmup=0,
+                     memory=False, out=tmp_path / "r.csv", plot_dir=None, device="cpu")
+    metrics = ("time", "tokens_per_s", "rollout_time", "update_time")
+    assert {(r["provider"], r["metric"]) for r in rows} == {(p, m) for p in provs for m in metrics}
+    assert all(r["median"] > 0 and r["x_value"] == 32 for r in rows)
+    tok = {r["provider"]: r for r in rows if r["metric"] == "tokens_per_s"}
+    assert tok["lckernels-fused"]["unit"] == "tok/s"
+    assert len({r["step1"] for r in tok.values()}) == 1  # same init, seed and batch at step 1
+    _, written = _read_csv(tmp_path / "r.csv")
+    assert len(written) == len(rows) and {r["op"] for r in written} == {"rl_step"}
+    table = bench.format_table(rows)
+    assert "step-1 batch identical across providers" in table and all(p in table for p in provs)
+    assert R.unavailable("hf-grouped_mm", {**R.DEFAULTS, "config": "qwen3_moe"}) is None

@@ -227,27 +227,21 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"rl.n_max ({cfg.rl.n_max}) must be >= max(rl.n_min, 1)")
     if len(cfg.rl.betas) != 2 or not all(0 <= b < 1 for b in cfg.rl.betas):
         raise ConfigError(f"rl.betas must be two numbers in [0, 1); got {list(cfg.rl.betas)}")
-    try:
-        get_objective(cfg.rl.objective, **cfg.rl.objective_args)
-    except TypeError as exc:
-        raise ConfigError(f"rl.objective_args: {exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"rl.objective_args: {exc}") from None
+    from lckernels_rl.envs import make_env
+    from lckernels_rl.gating import DGGConfig
+
+    _try_build("rl.objective_args", get_objective, cfg.rl.objective, **cfg.rl.objective_args)
     if cfg.rl.dgg is not None:
-        from lckernels_rl.gating import DGGConfig
+        _try_build("rl.dgg", DGGConfig, **cfg.rl.dgg)
+    _try_build("task.env_args", make_env, cfg.task.env, **cfg.task.env_args)
 
-        try:
-            DGGConfig(**cfg.rl.dgg)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"rl.dgg: {exc}") from None
+
+def _try_build(path: str, factory, *args, **kwargs) -> None:
+    """Build once to check the arguments; their TypeError/ValueError becomes a ConfigError naming ``path``."""
     try:
-        from lckernels_rl.envs import make_env
-
-        make_env(cfg.task.env, **cfg.task.env_args)
-    except TypeError as exc:
-        raise ConfigError(f"task.env_args: {exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"task.env_args: {exc}") from None
+        factory(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def resolve_config_path(name_or_path: str) -> Path:
