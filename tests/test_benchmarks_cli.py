@@ -104,8 +104,13 @@ def test_rl_step_benchmark_runs_every_provider(tmp_path):
     from benchmarks.ops import rl_step as R
 
     provs = ["lckernels-fused", "lckernels-reference", "hf-eager"]
-    rows = bench.run("rl_step", hidden=[32], prompts=2, rollouts=4, providers=provs, repeats=1, warmup=0,
-                     memory=False, out=tmp_path / "r.csv", plot_dir=None, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # toy ops: on a busy machine, 2 threads spin-wait for a core (4x slower)
+    try:
+        rows = bench.run("rl_step", hidden=[32], prompts=2, rollouts=4, providers=provs, repeats=1, warmup=0,
+                         memory=False, out=tmp_path / "r.csv", plot_dir=None, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
     metrics = ("time", "tokens_per_s", "rollout_time", "update_time")
     assert {(r["provider"], r["metric"]) for r in rows} == {(p, m) for p in provs for m in metrics}
     assert all(r["median"] > 0 and r["x_value"] == 32 for r in rows)

@@ -3,6 +3,11 @@
 An op module defines ``OP``, ``X_NAME``, ``DEFAULTS`` (sweep list under ``X_NAME`` plus fixed parameters),
 ``MODES``, ``ANCHOR``, ``LIMIT``, ``PROVIDERS``, ``WARMUP_OVERRIDES``, ``available_providers(device)``,
 ``make_inputs(x, params, device)`` and ``make_fn(provider, mode, inputs)``.
+
+Optional hooks (see :mod:`benchmarks.ops.rl_step`): ``unavailable(provider, params)`` (a reason string for a
+provider that cannot run with these parameters; :func:`benchmarks.run.run` leaves it out with a note),
+``extra_metrics(fn, timing)`` (more rows -- dicts with ``metric``, ``unit``, ``median``, ``p20``, ``p80`` -- derived
+from the same timed calls) and ``format_rows(rows)`` (the op's own text table).
 """
 
 
