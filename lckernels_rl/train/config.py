@@ -201,6 +201,10 @@ def validate(cfg: TrainConfig) -> None:
     _choice("model.arch", cfg.model.arch, list_archs())
     _choice("model.experts_implementation", cfg.model.experts_implementation,
             ("lckernels", "eager", "grouped_mm", "batched_mm"))
+    if cfg.model.arch == "longcat_flash" and cfg.model.experts_implementation not in ("lckernels", "eager"):
+        # transformers routes only @use_experts_implementation classes; LongCat-Flash's experts are not one
+        raise ConfigError(f"model.experts_implementation={cfg.model.experts_implementation!r} is not available for "
+                          "longcat_flash (transformers does not route its experts); valid choices: eager, lckernels")
     _choice("task.env", cfg.task.env, list_envs())
     _choice("rl.objective", cfg.rl.objective, list_objectives())
     _choice("rl.allocator", cfg.rl.allocator, list_allocators())

@@ -67,6 +67,7 @@ def tiny_config(tmp_path, **sections) -> TrainConfig:
     ({"task": {"env_args": {"ops": "/"}}}, "task.env_args"),
     ({"rl": {"betas": [0.9]}}, "rl.betas"),
     ({"model": "big"}, "model must be a mapping"),
+    ({"model": {"experts_implementation": "grouped_mm"}}, "not available for longcat_flash"),
 ])
 def test_bad_configs_name_the_field_and_choices(bad, needle):
     with pytest.raises(ConfigError) as exc:
