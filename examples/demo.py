@@ -1,7 +1,7 @@
-"""`make demo`: run the fused ops on CPU, check them against their references, print a side-by-side table.
+"""`make demo-kernels`: run the fused ops on CPU, check them against their references, print a side-by-side table.
 
-(Until the end-to-end trainer lands this is the main job: it shows the op agrees with its reference on values and
-gradients, then times it against the reference, the PyTorch anchors and the bare-GEMM limit, with peak memory.)
+It shows the op agrees with its reference on values and gradients, then times it against the reference, the PyTorch
+anchors and the bare-GEMM limit, with peak memory.  (`make demo` is the end-to-end trainer.)
 """
 
 from __future__ import annotations
