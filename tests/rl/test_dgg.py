@@ -396,7 +396,8 @@ def test_demo_lm_head_gradient_surges_while_reuse_drives_the_kl_up(one_thread, s
 def test_demo_gate_fires_before_the_kl_explodes_and_ends_with_higher_reward(one_thread):
     """The claim of the issue, asserted per seed: the gate fires; when it first fires the KL to the rollout policy
     is still below 1 nat/token while the ungated run -- identical up to that batch -- crosses it within the same
-    batch; and after the same number of rollout batches the gated policy's expected reward is higher."""
+    batch; and after the same number of rollout batches the gated policy's expected reward is higher.  The same
+    claim on the end-to-end trainer's LM: tests/rl/test_dgg_trainer.py and docs/dgg_demo.md."""
     threshold = 1.0
     for seed in (0, 1, 2):
         ungated, gated = toy_run(False, seed), toy_run(True, seed)
