@@ -237,6 +237,10 @@ def validate(cfg: TrainConfig) -> None:
     _try_build("rl.objective_args", get_objective, cfg.rl.objective, **cfg.rl.objective_args)
     if cfg.rl.dgg is not None:
         _try_build("rl.dgg", DGGConfig, **cfg.rl.dgg)
+        k = cfg.rl.dgg.get("max_reuse", cfg.rl.reuse)
+        if k != cfg.rl.reuse:  # one K: the trainer's loop runs rl.reuse updates
+            raise ConfigError(f"rl.dgg.max_reuse ({k}) must equal rl.reuse ({cfg.rl.reuse}), the trainer's number of "
+                              "updates per rollout batch; leave max_reuse out")
     _try_build("task.env_args", make_env, cfg.task.env, **cfg.task.env_args)
 
 

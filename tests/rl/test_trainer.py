@@ -63,6 +63,7 @@ def tiny_config(tmp_path, **sections) -> TrainConfig:
     ({"rl": {"lr": 0}}, "rl.lr must be > 0"),
     ({"rl": {"objective_args": {"eps_low": 0.2, "nonsense": 1}}}, "rl.objective_args"),
     ({"rl": {"dgg": {"statistic": "bogus"}}}, "rl.dgg"),
+    ({"rl": {"reuse": 4, "dgg": {"max_reuse": 8}}}, "rl.dgg.max_reuse (8) must equal rl.reuse (4)"),
     ({"rl": {"prompts_per_step": 100}, "task": {"train_size": 10}}, "must be <= task.train_size"),
     ({"task": {"env_args": {"ops": "/"}}}, "task.env_args"),
     ({"rl": {"betas": [0.9]}}, "rl.betas"),
