@@ -44,7 +44,6 @@ from pathlib import Path
 import torch
 
 from lckernels_rl.train import TrainConfig, Trainer, load_config
-from lckernels_rl.train import trainer as trainer_module
 from lckernels_rl.train.config import apply_overrides
 
 DEFAULT_SET = [
@@ -126,36 +125,16 @@ def start_from(tr: Trainer, state: dict) -> None:
 
 
 def run_arm(cfg: TrainConfig, state: dict) -> list[dict]:
-    """The RL phase of ``cfg`` from the warmed-up ``state``.  Returns its RL metrics rows, each with the per-update
-    traces ``g_trace`` (the lm_head gradient norm of every update of the step, a gated one included) and
-    ``kl_trace`` (the k3 KL to the rollout policy measured by updates 2..K, i.e. after 1..K-1 applied updates)."""
+    """The RL phase of ``cfg`` from the warmed-up ``state``: its RL metrics rows (with reuse, each carries the trainer's
+    per-update traces ``grad_norm_lm_head_trace`` -- every update, a gated one included -- and ``kl_rollout_trace``
+    -- the k3 KL to the rollout policy measured by updates 2..K, i.e. after 1..K-1 applied updates)."""
     tr = Trainer(cfg)
-    traces: dict[int, dict] = {}
-    grad_norms, k3 = tr._grad_norms, trainer_module._k3
-
-    def record(key, value):
-        traces.setdefault(tr.step + 1, {"g_trace": [], "kl_trace": []})[key].append(value)
-
-    def grad_norms_traced():
-        out = grad_norms()
-        if tr.phase == "rl":
-            record("g_trace", out["grad_norm_lm_head"])
-        return out
-
-    def k3_traced(*args):
-        out = k3(*args)
-        record("kl_trace", out)
-        return out
-
-    tr._grad_norms = grad_norms_traced
-    trainer_module._k3 = k3_traced
     try:
         start_from(tr, state)
         rows = tr.fit()
     finally:
-        trainer_module._k3 = k3
         tr.close()
-    return [{**r, **traces.get(r["step"], {})} for r in rows if r["phase"] == "rl"]
+    return [r for r in rows if r["phase"] == "rl"]
 
 
 # ----------------------------------------------------------------------------------------------------- measuring
@@ -194,7 +173,7 @@ def g_ratio_at_blowups(rows: list[dict], kl_threshold: float) -> list[float]:
     reuses up to the crossing (2..j) divided by the on-policy norm (reuse 1).  > 1 means the norm surged first."""
     out = []
     for r in rows:
-        g, kl = r.get("g_trace", []), r.get("kl_trace", [])
+        g, kl = r.get("grad_norm_lm_head_trace", []), r.get("kl_rollout_trace", [])
         if len(g) < 2 or not g[0] or not kl or max(kl) <= kl_threshold:
             continue
         j = next(i for i, x in enumerate(kl) if x > kl_threshold)  # kl[j] was measured by update j + 2
@@ -212,7 +191,7 @@ def shadow_gate(rows: list[dict], kl_threshold: float, **dgg) -> dict:
     gate = DynamicGradientGate(**dgg)
     n = exploding = fired = fired_exploding = preempted = 0
     for r in rows:
-        g, kl = r.get("g_trace", []), r.get("kl_trace", [])
+        g, kl = r.get("grad_norm_lm_head_trace", []), r.get("kl_rollout_trace", [])
         fire = next((k for k, x in enumerate(g, 1) if gate.observe(x * x, k).fire), None)
         j = next((i for i, x in enumerate(kl) if x > kl_threshold), None)  # kl[j]: after j + 1 updates
         n += 1

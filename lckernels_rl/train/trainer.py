@@ -343,13 +343,15 @@ class Trainer:
 
         old = None  # first update: on-policy (ratio 1 with its gradient)
         updates, fired, m_first = 0, False, None
-        kl_rollout, grad_norm_lm_head_max = 0.0, 0.0
+        g_trace: list[float] = []  # lm_head gradient norm of every update (a gated one included)
+        kl_trace: list[float] = []  # k3 KL to the rollout policy seen by updates 2..K (after 1..K-1 applied)
         for k in range(1, c.reuse + 1):
             self.optimizer.zero_grad(set_to_none=False)
             hidden = self._hidden(self.model, ids, attn, pos, p0, targets.shape[1])
             loss, metrics, lp = self._loss(hidden, targets, adv, old, mask, rollout_lp_arg, ref_lp, extra)
             loss.backward()
             norms = self._grad_norms()
+            g_trace.append(norms["grad_norm_lm_head"])
             if k == 1:
                 old = lp
                 m_first = dict(metrics)
@@ -357,8 +359,7 @@ class Trainer:
                 gap = (lp - rollout_lp).abs()[mask]
                 m_first["rollout_logprob_gap"] = float(gap.mean()) if gap.numel() else 0.0
             else:  # how far the reused updates moved the policy from the one that sampled the batch
-                kl_rollout = max(kl_rollout, _k3(old, lp, mask))
-            grad_norm_lm_head_max = max(grad_norm_lm_head_max, norms["grad_norm_lm_head"])
+                kl_trace.append(_k3(old, lp, mask))
             if self.gate is not None:
                 decision = self.gate.observe(norms["grad_norm_lm_head"] ** 2, k)
                 if decision.fire:
@@ -383,7 +384,8 @@ class Trainer:
         if c.objective == "self_verify":
             out["step_kind"] = kind
         if c.reuse > 1:
-            out.update(kl_rollout_max=kl_rollout, grad_norm_lm_head_max=grad_norm_lm_head_max)
+            out.update(kl_rollout_max=max([0.0, *kl_trace]), grad_norm_lm_head_max=max([0.0, *g_trace]),
+                       kl_rollout_trace=kl_trace, grad_norm_lm_head_trace=g_trace)
         return out
 
     # ------------------------------------------------------------------ evaluation

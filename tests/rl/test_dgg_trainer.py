@@ -22,7 +22,6 @@ import torch
 pytest.importorskip("transformers")
 
 from lckernels_rl.train import TrainConfig, Trainer, load_config  # noqa: E402
-from lckernels_rl.train import trainer as trainer_module  # noqa: E402
 from lckernels_rl.train.config import apply_overrides  # noqa: E402
 
 KL_EXPLODES = 1.0  # nats per token
@@ -78,9 +77,9 @@ def warm_up(cfg: TrainConfig) -> dict:
 
 def rl_phase(cfg: TrainConfig, state: dict) -> list[dict]:
     """The RL phase of ``cfg`` started from a warm-up checkpoint ``state`` (what ``resume=True`` restores, minus its
-    same-config check: the arms differ from the warm-up run in ``rl.dgg`` only).  Each RL metrics row gets
-    ``g_trace`` (the lm_head gradient norm of every update of the step, a gated one included) and ``kl_trace`` (the
-    KL to the rollout policy measured by updates 2..K, i.e. after 1..K-1 applied updates)."""
+    same-config check: the arms differ from the warm-up run in ``rl.dgg`` only).  With reuse, each RL metrics row
+    carries the trainer's ``grad_norm_lm_head_trace`` (every update of the step, a gated one included) and
+    ``kl_rollout_trace`` (the KL to the rollout policy measured by updates 2..K, i.e. after 1..K-1 applied updates)."""
     tr = Trainer(cfg)
     tr.model.load_state_dict(state["model"])
     tr.step = int(state["step"])
@@ -88,30 +87,11 @@ def rl_phase(cfg: TrainConfig, state: dict) -> list[dict]:
     tr.rng.bit_generator.state = state["rng"]["numpy"]
     random.setstate(state["rng"]["python"])
     tr.pool.load_state_dict(state["pool"])
-    traces: dict[int, dict] = {}
-    grad_norms, k3 = tr._grad_norms, trainer_module._k3
-
-    def record(key, value):
-        traces.setdefault(tr.step + 1, {"g_trace": [], "kl_trace": []})[key].append(value)
-
-    def grad_norms_traced():
-        out = grad_norms()
-        record("g_trace", out["grad_norm_lm_head"])
-        return out
-
-    def k3_traced(*args):
-        out = k3(*args)
-        record("kl_trace", out)
-        return out
-
-    tr._grad_norms = grad_norms_traced
-    trainer_module._k3 = k3_traced
     try:
         rows = tr.fit()
     finally:
-        trainer_module._k3 = k3
         tr.close()
-    return [{**r, **traces[r["step"]]} for r in rows if r["phase"] == "rl"]
+    return [r for r in rows if r["phase"] == "rl"]
 
 
 def run_pair(make_config, tmp, seed: int, dgg: dict) -> dict:
@@ -154,7 +134,7 @@ def surge_ratios(rows: list[dict]) -> list[float]:
     crossing divided by the step's on-policy (reuse 1) norm; > 1 means the norm surged before the KL exploded."""
     out = []
     for r in rows:
-        kl, g = r["kl_trace"], r["g_trace"]
+        kl, g = r["kl_rollout_trace"], r["grad_norm_lm_head_trace"]
         j = next((i for i, x in enumerate(kl) if x > KL_EXPLODES), None)  # kl[j]: after j + 1 updates
         if j is not None and g[0] > 0:
             out.append(max(g[1:j + 2]) / g[0])
@@ -183,8 +163,8 @@ def test_the_arms_are_identical_until_the_gate_first_fires(fast_runs):
         fired_u, fired_g = u[f - 1], g[f - 1]
         assert fired_g["dgg_fired"] and fired_g["updates"] < fired_u["updates"] == 8
         assert fired_g["reward_mean"] == fired_u["reward_mean"]
-        assert fired_g["g_trace"] == fired_u["g_trace"][:len(fired_g["g_trace"])]
-        assert len(fired_g["g_trace"]) == fired_g["updates"] + 1
+        assert fired_g["grad_norm_lm_head_trace"] == fired_u["grad_norm_lm_head_trace"][:len(fired_g["grad_norm_lm_head_trace"])]
+        assert len(fired_g["grad_norm_lm_head_trace"]) == fired_g["updates"] + 1
 
 
 def test_aggressive_reuse_explodes_the_kl_to_the_rollout_policy(fast_runs):
