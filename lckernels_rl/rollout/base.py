@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
-__all__ = ["Rollouts", "RolloutBackend", "check_generate_args"]
+import torch
+
+__all__ = ["Rollouts", "RolloutBackend", "check_generate_args", "left_pad"]
 
 
 @dataclass
@@ -71,3 +73,15 @@ def check_generate_args(prompt_ids, counts, max_new_tokens, temperature) -> list
     if not (temperature > 0):
         raise ValueError(f"generate: `temperature` must be > 0; got {temperature!r}")
     return counts
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``input_ids`` [B, W] and ``attention_mask`` [B, W] (int64): every prompt ends at column W - 1,
+    so generated tokens start at column W for all rows."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        mask[r, width - len(p):] = 1
+    return ids, mask

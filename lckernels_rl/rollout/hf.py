@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from .base import Rollouts, check_generate_args
+from .base import Rollouts, check_generate_args, left_pad
 
 __all__ = ["HFGenerateBackend"]
 
@@ -58,12 +58,8 @@ class HFGenerateBackend:
     def _generate_chunk(self, prompt_ids, index, max_new_tokens, temperature, out: Rollouts) -> None:
         device = next(self.model.parameters()).device
         prompts = [list(map(int, prompt_ids[i])) for i in index]
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for r, p in enumerate(prompts):  # left padding: every prompt ends at the same column
-            ids[r, width - len(p):] = torch.tensor(p)
-            mask[r, width - len(p):] = 1
+        ids, mask = left_pad(prompts, self.pad_token_id)
+        width = ids.shape[1]
         gen = self.model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=temperature,
             top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id,

@@ -36,6 +36,7 @@ from lckernels_rl.envs import make_env
 from lckernels_rl.models import build_char_tokenizer, build_policy
 from lckernels_rl.objectives import get_objective
 from lckernels_rl.rollout import Rollouts, make_backend
+from lckernels_rl.rollout.base import left_pad
 
 from .allocation import PromptPool, allocate_rollouts
 from .config import TrainConfig
@@ -397,13 +398,8 @@ class Trainer:
         was = self.model.training
         self.model.eval()
         try:
-            prompts = self.eval_pool.prompt_ids
-            width = max(len(p) for p in prompts)
-            ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for i, p in enumerate(prompts):
-                ids[i, width - len(p):] = torch.tensor(p)
-                attn[i, width - len(p):] = 1
+            ids, attn = left_pad(self.eval_pool.prompt_ids, self.pad_id)
+            width = ids.shape[1]
             gen = self.model.generate(input_ids=ids, attention_mask=attn, do_sample=False,
                                       max_new_tokens=self.config.rl.max_new_tokens, eos_token_id=self.eos_id,
                                       pad_token_id=self.pad_id)
