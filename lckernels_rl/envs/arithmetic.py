@@ -3,6 +3,11 @@
 A problem is ``"a+b="`` (or ``-``, ``*``) with operands drawn uniformly from ``[min_value, max_value]``; the answer
 is the integer result written in decimal, and the reward is 1.0 when the response (EOS and surrounding whitespace
 stripped) equals it exactly, else 0.0.  ``demonstration()`` gives the correct answer for supervised warm-up.
+
+``step``'s info also names a protocol phase for objectives that credit one separately (dual-track GRPO's "schema"
+track; this mapping is ours): span ``"schema"`` is the answer's leading character, and component ``"schema"`` is 1.0
+when that character is right *and* the whole answer is correct (TRUST-SQL's "truematch": the schema reward is kept
+only when the outcome is right).
 """
 
 from __future__ import annotations
@@ -65,5 +70,10 @@ class ArithmeticEnv(Env):
         if not isinstance(action, str):
             raise TypeError(f"ArithmeticEnv.step: `action` must be the decoded response str; got "
                             f"{type(action).__name__}")
-        reward = 1.0 if action.strip() == self._answer else 0.0
-        return None, reward, True, False, {"answer": self._answer}
+        text = action.strip()
+        reward = 1.0 if text == self._answer else 0.0
+        lead = len(action) - len(action.lstrip())
+        info = {"answer": self._answer,
+                "components": {"schema": float(reward > 0 and text[:1] == self._answer[:1])},
+                "spans": {"schema": [(lead, lead + 1)]}}
+        return None, reward, True, False, info

@@ -28,6 +28,9 @@ from .dgg import DynamicGradientGate, GateDecision, _parameters
 
 __all__ = ["ReuseEpoch", "ReuseReport", "reuse_rollout_batch"]
 
+_NO_GATE = GateDecision(fire=False, z=math.nan, reason="no gate", value=math.nan, mean=math.nan, std=math.nan,
+                        g=math.nan, reuse_index=0, active=False)
+
 
 @dataclass
 class ReuseEpoch:
@@ -73,9 +76,10 @@ def _scalar(name: str, v) -> float:
     return float(v)
 
 
-def reuse_rollout_batch(step_fn: Callable[[int], object], gate: DynamicGradientGate, optimizer: torch.optim.Optimizer,
-                        *, max_reuse: int | None = None, lm_head: Iterable[torch.Tensor] | torch.Tensor | None = None,
-                        params=None, set_to_none: bool = False) -> ReuseReport:
+def reuse_rollout_batch(step_fn: Callable[[int], object], gate: DynamicGradientGate | None,
+                        optimizer: torch.optim.Optimizer, *, max_reuse: int | None = None,
+                        lm_head: Iterable[torch.Tensor] | torch.Tensor | None = None, params=None,
+                        set_to_none: bool = False, pre_step: Callable[[], None] | None = None) -> ReuseReport:
     """Train up to ``max_reuse`` updates on one rollout batch; stop early when ``gate`` fires.
 
     Args:
@@ -84,23 +88,29 @@ def reuse_rollout_batch(step_fn: Callable[[int], object], gate: DynamicGradientG
             (1-based) on the batch.  ``lm_head_sq_norm`` is ``||grad W_lm_head||^2`` (e.g.
             ``stats["lm_head_grad_sq_norm"]`` of ``lckernels.fused_policy_loss``); return ``None`` for it (or a
             bare loss) and pass ``lm_head`` to have it computed with :func:`lckernels.grad_norms`.
-        gate: the :class:`DynamicGradientGate` (its window carries over between batches).
+        gate: the :class:`DynamicGradientGate` (its window carries over between batches), or ``None``: plain reuse
+            (every update steps; ``max_reuse`` is then required).
         optimizer: stepped after every update the gate lets through; ``zero_grad()`` is called before each
             ``step_fn`` call.  It is **not** stepped on a fired update.
         max_reuse: K; default ``gate.config.max_reuse``.
         lm_head: the lm_head parameter(s), when ``step_fn`` does not report the squared norm.
         params: what :meth:`DynamicGradientGate.apply` clears on a fire; default the optimizer's parameters.
         set_to_none: passed to :meth:`DynamicGradientGate.apply`.
+        pre_step: called after the gate let an update through and before ``optimizer.step()`` (e.g. gradient
+            clipping).
 
     Returns:
         a :class:`ReuseReport`.
     """
-    if not isinstance(gate, DynamicGradientGate):
-        raise TypeError(f"reuse_rollout_batch: `gate` must be a DynamicGradientGate; got {type(gate).__name__}")
+    if gate is not None and not isinstance(gate, DynamicGradientGate):
+        raise TypeError(f"reuse_rollout_batch: `gate` must be a DynamicGradientGate or None; got "
+                        f"{type(gate).__name__}")
+    if gate is None and max_reuse is None:
+        raise ValueError("reuse_rollout_batch: without a gate, pass `max_reuse`")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"reuse_rollout_batch: `optimizer` must be a torch.optim.Optimizer; got "
                         f"{type(optimizer).__name__}")
-    k = gate.config.max_reuse if max_reuse is None else max_reuse
+    k = max_reuse if max_reuse is not None else gate.config.max_reuse
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"reuse_rollout_batch: `max_reuse` must be a positive int; got {k!r}")
     head = None
@@ -123,16 +133,20 @@ def reuse_rollout_batch(step_fn: Callable[[int], object], gate: DynamicGradientG
                 metrics = dict(out[2])
         else:
             loss, sq = out, None
+        if sq is None and gate is None:
+            sq = math.nan  # nothing observes it
         if sq is None:
             if head is None:
                 raise ValueError("reuse_rollout_batch: step_fn reported no lm_head squared norm; return it or pass "
                                  "`lm_head=` so it can be computed")
             sq = lckernels.grad_norms({"lm_head": head}, squared=True)["lm_head"]
         sq = _scalar("lm_head_sq_norm", sq)
-        decision = gate.observe(sq, r)
+        decision = gate.observe(sq, r) if gate is not None else _NO_GATE
         if decision.fire:
             gate.apply(clear, decision, set_to_none=set_to_none)
         else:
+            if pre_step is not None:
+                pre_step()
             optimizer.step()
             updates += 1
         history.append(ReuseEpoch(r, _scalar("loss", loss) if loss is not None else math.nan, sq, decision,

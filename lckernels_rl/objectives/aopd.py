@@ -82,6 +82,19 @@ class AOPD(Objective):
     loss_norm_constant: Optional[float] = None
     ignore_index: int = -100
 
+    def context_requirements(self) -> frozenset:
+        return frozenset({"teacher"})
+
+    def batch_inputs(self, batch, ctx) -> dict:
+        """The teacher's full-vocabulary logits at the sampled tokens and its log-prob of each; the advantage is the
+        teacher/student log-ratio (so the estimator's advantages are replaced by ``None``)."""
+        with torch.no_grad():
+            th = batch.hidden(ctx.teacher)
+            tl = (th @ ctx.teacher.lm_head.weight.T).float()
+        tt = self.temperature if self.teacher_temperature is None else self.teacher_temperature
+        tlp = teacher_token_log_prob(tl, batch.targets, temperature=tt)
+        return {"advantages": None, "teacher_logits": tl, "teacher_log_prob": tlp}
+
     def __post_init__(self):
         self.pg_config()
         if self.kl_coef < 0:

@@ -29,7 +29,7 @@ import torch
 import lckernels
 from lckernels import PolicyLossConfig
 
-__all__ = ["Objective", "PolicyObjective", "SOURCES", "to_metrics", "aggregation_weights", "expand_advantages"]
+__all__ = ["Objective", "ObjectiveContext", "PolicyObjective", "SOURCES", "to_metrics", "aggregation_weights", "expand_advantages"]
 
 SOURCES = ("verified", "third-party", "inferred")
 
@@ -71,6 +71,21 @@ def aggregation_weights(valid: torch.Tensor, loss_agg: str, loss_norm_constant: 
     raise ValueError(f"unknown loss_agg {loss_agg!r}")
 
 
+@dataclass
+class ObjectiveContext:
+    """What a trainer hands to :meth:`Objective.batch_inputs`.
+
+    Attributes:
+        advantage_fn: the configured estimator, ``advantage_fn(rewards [B], group_index [B]) -> [B]``.
+        teacher: a frozen ``*ForCausalLM`` (when the objective asked for ``"teacher"``), else ``None``.
+        backend: the lckernels backend of the loss.
+    """
+
+    advantage_fn: object
+    teacher: object = None
+    backend: str = "auto"
+
+
 class Objective:
     """Base of every objective.  Subclasses are keyword-only dataclasses of their parameters and set:
 
@@ -98,6 +113,27 @@ class Objective:
               rollout_log_prob=None, ref_log_prob=None, *, backend: str = "auto", return_logprobs: bool = False,
               **extra):
         raise NotImplementedError
+
+    # ---------------------------------------------------------------- trainer hooks
+    # A trainer never names an objective: it asks the objective what it needs through these hooks.
+
+    def context_requirements(self) -> frozenset:
+        """What the trainer must provide: ``"reference"`` (a frozen reference policy: ``ref_log_prob`` for a KL
+        penalty) and/or ``"teacher"`` (a frozen teacher in the :class:`ObjectiveContext`)."""
+        return frozenset({"reference"}) if getattr(self, "kl_beta", 0.0) else frozenset()
+
+    def batch_inputs(self, batch, ctx) -> dict:
+        """Extra keyword inputs of the loss built from a packed batch (:class:`lckernels_rl.train.RLBatch`) and the
+        trainer's :class:`ObjectiveContext`; a key ``"advantages"`` replaces the estimator's advantages."""
+        return {}
+
+    def tokenizer_text(self) -> str:
+        """Text the objective itself puts in prompts or expects in answers (character tokenizers must cover it)."""
+        return ""
+
+    def wrap_source(self, source):
+        """The rollout source the trainer should draw from, given its default one (e.g. Self-Verify's schedule)."""
+        return source
 
     def replace(self, **changes) -> "Objective":
         """A copy with some parameters changed (``dataclasses.replace``)."""

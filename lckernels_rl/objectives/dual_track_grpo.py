@@ -86,6 +86,21 @@ class DualTrackGRPO(Objective):
     temperature: float = 1.0
     ignore_index: int = -100
 
+    schema_span: str = "schema"
+    schema_component: str = "schema"
+
+    def batch_inputs(self, batch, ctx) -> dict:
+        """The schema track from the batch: ``schema_mask`` = the sampled tokens inside span ``schema_span``,
+        ``schema_advantages`` = the estimator on the verdicts' ``schema_component`` (0 where a sample has none)."""
+        if self.schema_span not in batch.spans or self.schema_component not in batch.components:
+            raise ValueError(f"dual_track_grpo needs the environment to mark span {self.schema_span!r} and reward "
+                             f"component {self.schema_component!r}; the batch has spans {sorted(batch.spans)} and "
+                             f"components {sorted(batch.components)} (set objective_args schema_span / "
+                             "schema_component)")
+        r = torch.nan_to_num(batch.components[self.schema_component], nan=0.0)
+        return {"schema_advantages": ctx.advantage_fn(r, batch.group_index).float(),
+                "schema_mask": batch.spans[self.schema_span] & batch.mask}
+
     def __post_init__(self):
         if self.lam < 0:
             raise ValueError(f"DualTrackGRPO.lam must be >= 0; got {self.lam}")

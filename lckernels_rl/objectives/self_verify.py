@@ -151,6 +151,21 @@ class SelfVerify(Objective):
         return build_verification_examples(questions, responses, correct, seed=seed, template=self.template,
                                            balance=self.balance)
 
+    def context_requirements(self) -> frozenset:
+        return self.loss_objective().context_requirements()
+
+    def batch_inputs(self, batch, ctx) -> dict:
+        return self.loss_objective().batch_inputs(batch, ctx)
+
+    def tokenizer_text(self) -> str:
+        return self.template.replace("{question}", "").replace("{response}", "") + "YesNo"
+
+    def wrap_source(self, source):
+        """Verification steps on the schedule around the trainer's generation source."""
+        from lckernels_rl.train.sources import SelfVerificationSource
+
+        return SelfVerificationSource(source, self)
+
     @staticmethod
     def reward(text: str, label: str) -> float:
         return verification_reward(text, label)

@@ -22,10 +22,13 @@ class HFGenerateBackend:
         model: a ``*ForCausalLM``; put in eval mode while sampling, its previous mode restored after.
         eos_token_id / pad_token_id: token ids (EOS ends a response and is kept in it).
         batch_size: the most sequences per ``generate`` call (memory bound; 0 = all at once).
+        greedy: decode greedily instead of sampling (evaluation; ``temperature`` then only scales the log-probs,
+            and no RNG is touched).
     """
 
-    def __init__(self, model, *, eos_token_id: int, pad_token_id: int, batch_size: int = 0):
+    def __init__(self, model, *, eos_token_id: int, pad_token_id: int, batch_size: int = 0, greedy: bool = False):
         self.model = model
+        self.greedy = bool(greedy)
         self.eos_token_id = int(eos_token_id)
         self.pad_token_id = int(pad_token_id)
         self.batch_size = int(batch_size)
@@ -60,9 +63,11 @@ class HFGenerateBackend:
         prompts = [list(map(int, prompt_ids[i])) for i in index]
         ids, mask = left_pad(prompts, self.pad_token_id)
         width = ids.shape[1]
+        sampling = dict(do_sample=False) if self.greedy else dict(do_sample=True, temperature=temperature, top_k=0,
+                                                                   top_p=1.0)
         gen = self.model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=temperature,
-            top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id,
+            input_ids=ids.to(device), attention_mask=mask.to(device), **sampling,
+            max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id, return_dict_in_generate=True, output_logits=True)
         new = gen.sequences[:, width:].cpu()
         logits = torch.stack(gen.logits, 1).float().cpu()[:, :new.shape[1]]  # [B, steps, V], raw (unprocessed)

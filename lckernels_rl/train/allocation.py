@@ -24,7 +24,6 @@ from collections import deque
 import numpy as np
 
 from lckernels_rl.budget import get_allocator
-from lckernels_rl.rollout import Rollouts
 
 __all__ = ["PromptPool", "allocate_rollouts", "allocator_inputs"]
 
@@ -32,30 +31,30 @@ HISTORY = 512  # (prompt, reward) pairs the value model sees
 
 
 class PromptPool:
-    """``size`` problems of ``env`` (environment seeds ``seed_offset .. seed_offset + size - 1``), tokenized, with
-    per-prompt statistics of the rewards seen so far."""
+    """``size`` tasks of an environment (environment seeds ``seed_offset .. seed_offset + size - 1``) with
+    per-task statistics of the rewards seen so far.
 
-    def __init__(self, env, tokenizer, size: int, *, seed_offset: int = 0):
-        self.env, self.seed_offset, self.size = env, seed_offset, size
+    ``prompts[i]`` is the text of task ``i``'s opening messages (what the value model conditions on).
+    """
+
+    def __init__(self, make_env, size: int, *, seed_offset: int = 0):
+        self.seed_offset, self.size = seed_offset, size
+        env = make_env()
         self.prompts: list[str] = []
-        self.answers: list[str] = []
         for i in range(size):
-            obs, _ = env.reset(seed=seed_offset + i)
-            self.prompts.append(obs)
-            self.answers.append(env.demonstration())
-        self.prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in self.prompts]
-        self.answer_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in self.answers]
+            messages, _ = env.reset(seed=seed_offset + i)
+            self.prompts.append("\n".join(m.content for m in messages))
+        env.close()
         self.successes = np.zeros(size, dtype=np.float64)
         self.attempts = np.zeros(size, dtype=np.int64)
         self.last_group: dict[int, list[float]] = {}
         self.history: deque = deque(maxlen=HISTORY)
 
+    def seed(self, i: int) -> int:
+        return self.seed_offset + int(i)
+
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return rng.choice(self.size, size=n, replace=False)
-
-    def reward(self, i: int, text: str) -> float:
-        self.env.reset(seed=self.seed_offset + int(i))
-        return float(self.env.step(text)[1])
 
     def update(self, prompt_idx: np.ndarray, prompt_index: list[int], rewards: np.ndarray) -> None:
         groups: dict[int, list[float]] = {}
@@ -108,41 +107,44 @@ def allocator_inputs(name: str, pool: PromptPool, idx: np.ndarray, budget: int, 
     raise ValueError(f"allocator {name!r} has no trainer inputs")  # v05_sequential is handled by the caller
 
 
-def allocate_rollouts(trainer, prompt_idx: np.ndarray) -> tuple[Rollouts, np.ndarray, np.ndarray]:
-    """Split the step's budget over ``prompt_idx``, sample, score: ``(rollouts, rewards [B], counts [P])``."""
-    c = trainer.config.rl
-    pool = trainer.pool
-    prompts = [pool.prompt_ids[i] for i in prompt_idx]
-    seed = int(trainer.rng.integers(2**31))
+def allocate_rollouts(rl, pool: PromptPool, prompt_idx: np.ndarray, seed: int, sample_fn):
+    """Split the step's budget over ``prompt_idx`` and sample.
 
-    def generate(counts) -> Rollouts:
-        return trainer.rollout.generate(prompts, [int(x) for x in counts], max_new_tokens=c.max_new_tokens,
-                                        temperature=c.temperature)
+    Args:
+        rl: the :class:`~lckernels_rl.train.config.RLConfig` (allocator, budget, bounds).
+        pool: the task pool (its statistics are the allocator's inputs).
+        prompt_idx: the step's tasks (pool indices).
+        seed: the allocator's seed.
+        sample_fn: ``sample_fn(counts) -> (items, prompt_index, rewards)``: runs ``counts[i]`` episodes of task
+            ``prompt_idx[i]``; ``prompt_index[k]`` is the position in ``prompt_idx`` of item ``k``.
 
-    if c.allocator == "v05_sequential":
+    Returns:
+        ``(items, prompt_index, rewards [N], counts [P])``.
+    """
+    if rl.allocator == "v05_sequential":
         from lckernels_rl.budget import v05_sequential
 
-        batch = Rollouts()
+        items: list = []
+        index: list[int] = []
         rewards: list[float] = []
 
-        def sample_fn(i: int, m: int) -> np.ndarray:
-            counts = [0] * len(prompts)
+        def one_prompt(i: int, m: int) -> np.ndarray:
+            counts = [0] * len(prompt_idx)
             counts[i] = m
-            r = generate(counts)
-            rw = trainer._score(r, prompt_idx)
-            for f in ("prompt_index", "prompt_ids", "response_ids", "logprobs", "finished"):
-                getattr(batch, f).extend(getattr(r, f))
-            rewards.extend(rw.tolist())
-            return rw
+            it, pi, rw = sample_fn(counts)
+            items.extend(it)
+            index.extend(pi)
+            rewards.extend(float(x) for x in rw)
+            return np.asarray(rw, dtype=np.float64)
 
-        kw = dict(n_init=max(c.n_min, 1), n_max=c.n_max if c.n_max is not None else 2 * c.rollouts_per_step //
-                  len(prompts), seed=seed)
-        kw.update(c.allocator_args)
-        res = v05_sequential(_value_prediction(pool, prompt_idx), sample_fn, budget=c.rollouts_per_step, **kw)
-        return batch, np.asarray(rewards, dtype=np.float64), np.asarray(res.counts)
+        kw = dict(n_init=max(rl.n_min, 1), n_max=rl.n_max if rl.n_max is not None else 2 * rl.rollouts_per_step //
+                  len(prompt_idx), seed=seed)
+        kw.update(rl.allocator_args)
+        res = v05_sequential(_value_prediction(pool, prompt_idx), one_prompt, budget=rl.rollouts_per_step, **kw)
+        return items, index, np.asarray(rewards, dtype=np.float64), np.asarray(res.counts)
 
-    args, kw = allocator_inputs(c.allocator, pool, prompt_idx, c.rollouts_per_step, c.n_min, c.n_max, seed)
-    kw.update(c.allocator_args)
-    counts = np.asarray(get_allocator(c.allocator)(c.rollouts_per_step, *args, **kw))
-    rollouts = generate(counts)
-    return rollouts, trainer._score(rollouts, prompt_idx), counts
+    args, kw = allocator_inputs(rl.allocator, pool, prompt_idx, rl.rollouts_per_step, rl.n_min, rl.n_max, seed)
+    kw.update(rl.allocator_args)
+    counts = np.asarray(get_allocator(rl.allocator)(rl.rollouts_per_step, *args, **kw))
+    items, index, rewards = sample_fn([int(c) for c in counts])
+    return items, list(index), np.asarray(rewards, dtype=np.float64), counts

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["ConfigError", "ModelConfig", "TaskConfig", "SFTConfig", "RLConfig", "RolloutConfig", "LogConfig",
+__all__ = ["ConfigError", "ModelConfig", "TaskConfig", "AgentConfig", "SFTConfig", "RLConfig", "RolloutConfig", "LogConfig",
            "TrainConfig", "load_config", "apply_overrides", "resolve_config_path", "ADVANTAGES"]
 
 # Advantage estimators the trainer can feed: they take (rewards [B], group index [B]).
@@ -26,9 +26,17 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """The policy: a preset of :mod:`lckernels_rl.models` plus config-field overrides."""
+    """The policy: a preset of :mod:`lckernels_rl.models` plus config-field overrides, and its tokenizer.
+
+    ``tokenizer``: ``char`` (one id per character of the task's alphabet) or ``bpe`` (a byte-level BPE trained
+    locally on the task's generated text, target size ``vocab_size`` or 1024).  ``vocab_size``: the embedding /
+    lm_head size (``null``: the tokenizer's size rounded up to a multiple of 8); larger than the tokenizer pads the
+    lm_head with rows no token uses -- e.g. 32000 to make the lm_head as big as a real model's.
+    """
     arch: str = "longcat_flash"
     experts_implementation: str = "lckernels"
+    tokenizer: str = "char"
+    vocab_size: Optional[int] = None
     overrides: dict = field(default_factory=dict)
 
 
@@ -43,6 +51,25 @@ class TaskConfig:
     env_args: dict = field(default_factory=dict)
     train_size: int = 2048
     eval_size: int = 256
+
+
+@dataclass
+class AgentConfig:
+    """The agent loop: how messages become tokens and the limits of an episode.
+
+    ``renderer``: ``raw`` (completion style: a text task's prompt as is), ``plain`` (the library's chat format with
+    role tokens) or ``hf`` (the tokenizer's chat template); ``auto``: raw for text tasks, plain for tool
+    environments.  ``parser``: the tool-call format (``compact``, ``hermes``, ...; ``none``: turns are plain text;
+    ``auto``: the environment's own format).  ``tools_in_prompt``: list the tool schemas in the prompt (off for tiny
+models whose context cannot hold them).  ``max_context_tokens``: 0 = the model's ``max_position_embeddings``.
+    The new tokens per turn are ``rl.max_new_tokens``.
+    """
+    renderer: str = "auto"
+    parser: str = "auto"
+    max_turns: int = 8
+    max_context_tokens: int = 0
+    max_tool_output_tokens: int = 64
+    tools_in_prompt: bool = True
 
 
 @dataclass
@@ -108,6 +135,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -123,7 +151,7 @@ class TrainConfig:
         return cfg
 
 
-_SECTIONS = {"model": ModelConfig, "task": TaskConfig, "sft": SFTConfig, "rl": RLConfig, "rollout": RolloutConfig,
+_SECTIONS = {"model": ModelConfig, "task": TaskConfig, "agent": AgentConfig, "sft": SFTConfig, "rl": RLConfig, "rollout": RolloutConfig,
              "log": LogConfig}
 
 
@@ -205,7 +233,17 @@ def validate(cfg: TrainConfig) -> None:
         # transformers routes only @use_experts_implementation classes; LongCat-Flash's experts are not one
         raise ConfigError(f"model.experts_implementation={cfg.model.experts_implementation!r} is not available for "
                           "longcat_flash (transformers does not route its experts); valid choices: eager, lckernels")
+    _choice("model.tokenizer", cfg.model.tokenizer, ("char", "bpe"))
+    if "vocab_size" in cfg.model.overrides:
+        raise ConfigError("model.overrides.vocab_size: the vocabulary size follows the tokenizer; set model.vocab_size "
+                          "(the lm_head size, >= the tokenizer's size) instead")
+    if cfg.model.vocab_size is not None and cfg.model.vocab_size < 8:
+        raise ConfigError(f"model.vocab_size must be >= 8 (or null); got {cfg.model.vocab_size}")
     _choice("task.env", cfg.task.env, list_envs())
+    _choice("agent.renderer", cfg.agent.renderer, ("auto", "raw", "plain", "hf"))
+    from lckernels_rl.agents.parsers import list_parsers
+
+    _choice("agent.parser", cfg.agent.parser, ("auto", "none", *list_parsers()))
     _choice("rl.objective", cfg.rl.objective, list_objectives())
     _choice("rl.allocator", cfg.rl.allocator, list_allocators())
     _choice("rl.advantage", cfg.rl.advantage, ADVANTAGES)
@@ -222,6 +260,9 @@ def validate(cfg: TrainConfig) -> None:
                           ("rl.lr", cfg.rl.lr, False), ("rl.weight_decay", cfg.rl.weight_decay, True),
                           ("rl.grad_clip", cfg.rl.grad_clip, True), ("threads", cfg.threads, True),
                           ("log.checkpoint_every", cfg.log.checkpoint_every, True),
+                          ("agent.max_turns", cfg.agent.max_turns, False),
+                          ("agent.max_context_tokens", cfg.agent.max_context_tokens, True),
+                          ("agent.max_tool_output_tokens", cfg.agent.max_tool_output_tokens, False),
                           ("log.eval_every", cfg.log.eval_every, True)):
         _positive(path, v, zero)
     if cfg.rl.prompts_per_step > cfg.task.train_size:

@@ -1,20 +1,29 @@
-"""The end-to-end trainer: a tiny HF policy, a generated verifiable task, a supervised warm-up, then RL.
+"""The end-to-end trainer: a tiny HF policy, a generated environment, a supervised warm-up, then RL -- all through
+one pipe::
+
+    ToolEnv <-> AgentLoop(engine, renderer, parser, budget) -> Trajectory -> TrainSample -> rollout source (groups)
+        -> RLBatch -> objective (its own batch_inputs hook) -> lckernels.fused_policy_loss
+
+A single-turn task (arithmetic) is a one-turn episode through the same pipe (a text environment wrapped in
+:class:`~lckernels_rl.envs.TextEnvAdapter`, rendered completion style); a tool environment (``kv_lookup``) runs
+multi-turn episodes with tool calls.  The trainer never names an objective: an objective declares what it needs
+(``context_requirements``: a frozen reference / teacher; ``batch_inputs``: its extra tensors from the batch;
+``wrap_source``: its own rollout source, e.g. Self-Verify's verification steps; ``tokenizer_text``).
 
 One global step counter runs through both phases (``1..sft.steps`` supervised, then ``rl.steps`` RL steps), so a
-checkpoint taken anywhere resumes exactly: the model, the optimizer, every RNG (torch, numpy, Python), the prompt
-pool's statistics, the gradient gate and the metrics file are all restored.
+checkpoint taken anywhere resumes exactly: the model, the optimizer, every RNG (torch, numpy, Python), the rollout
+source's state (the task pool's statistics, Self-Verify's last groups), the engine's policy version, the gradient gate
+and the metrics file are all restored.
 
 An RL step:
 
-1. draw ``prompts_per_step`` prompts from the training pool (seeded numpy generator);
-2. split the ``rollouts_per_step`` budget over them with the configured allocator (its inputs -- success rates,
-   last groups, predicted values -- come from the pool's running statistics);
-3. sample with the rollout backend (HF ``generate`` or vLLM), keeping the engine's log-probs;
-4. score with the environment (exact match), compute group advantages;
-5. up to ``reuse`` updates on the batch: policy forward to the final hidden states, the objective's fused loss
-   (``lckernels.fused_policy_loss`` on hidden states and the lm_head weight, the N x V logits never built),
-   backward, lm_head / rest gradient norms, the optional Dynamic Gradient Gate, gradient clipping, AdamW;
-6. sync the rollout engine's weights, log one JSONL line.
+1. the rollout source draws ``prompts_per_step`` tasks, splits the ``rollouts_per_step`` budget over them with the
+   configured allocator and runs the episodes with the agent loop (engine log-probs and policy versions kept);
+2. the samples are packed (:func:`~lckernels_rl.train.batch.pack_samples`: only sampled tokens are trained) and the
+   group advantages computed from the verdicts' rewards;
+3. up to ``reuse`` updates on the batch through :func:`lckernels_rl.gating.reuse_rollout_batch` (the optional
+   Dynamic Gradient Gate, gradient clipping as its pre-step hook, AdamW);
+4. the engine's weights are synced (its policy version bumps); one JSONL line is logged.
 """
 
 from __future__ import annotations
@@ -32,18 +41,24 @@ import torch
 
 import lckernels
 from lckernels_rl.advantages import get_estimator
-from lckernels_rl.envs import make_env
-from lckernels_rl.models import build_char_tokenizer, build_policy
+from lckernels_rl.agents.loop import AgentLoop, Budget, Episode, TRUNCATION_MARKER
+from lckernels_rl.envs import TextEnvAdapter, make_tool_env
+from lckernels_rl.gating import reuse_rollout_batch
+from lckernels_rl.models import build_policy
 from lckernels_rl.objectives import get_objective
-from lckernels_rl.rollout import Rollouts, make_backend
-from lckernels_rl.rollout.base import left_pad
+from lckernels_rl.objectives.base import ObjectiveContext
+from lckernels_rl.rollout import HFGenerateBackend, make_backend
+from lckernels_rl.rollout.engine import BackendEngine
 
-from .allocation import PromptPool, allocate_rollouts
-from .config import TrainConfig
+from .allocation import PromptPool
+from .batch import RLBatch, pack_samples
+from .config import ConfigError, TrainConfig
+from .sources import DemonstrationEngine, EpisodeSource, SourceContext, episode_metrics
 
 __all__ = ["Trainer", "train"]
 
 EVAL_SEED_OFFSET = 10**6
+CORPUS_SEED_OFFSET = 10**7
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -69,31 +84,47 @@ class Trainer:
         random.seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
 
-        self.env = make_env(cfg.task.env, **cfg.task.env_args)
         self.objective = get_objective(cfg.rl.objective, **cfg.rl.objective_args)
-        alphabet = self.env.alphabet + self._objective_alphabet()
-        self.tokenizer = build_char_tokenizer(alphabet)
+        probe = self.make_env()
+        self.is_text_env = isinstance(probe, TextEnvAdapter)
+        self.renderer_name = cfg.agent.renderer if cfg.agent.renderer != "auto" else \
+            ("raw" if self.is_text_env else "plain")
+        self.tokenizer = self._build_tokenizer(probe)
         tok = self.tokenizer
         self.eos_id, self.pad_id = tok.eos_token_id, tok.pad_token_id
-        self.model = build_policy(cfg.model.arch, vocab_size=_round_up(len(tok), 8), pad_token_id=tok.pad_token_id,
+        vocab = cfg.model.vocab_size if cfg.model.vocab_size is not None else _round_up(len(tok), 8)
+        if vocab < len(tok):
+            raise ConfigError(f"model.vocab_size ({vocab}) is smaller than the tokenizer ({len(tok)} ids)")
+        self.model = build_policy(cfg.model.arch, vocab_size=vocab, pad_token_id=tok.pad_token_id,
                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                   experts_implementation=cfg.model.experts_implementation, seed=cfg.seed,
                                   **cfg.model.overrides)
-        self.pool = PromptPool(self.env, self.tokenizer, cfg.task.train_size, seed_offset=0)
-        self.eval_pool = PromptPool(self.env, self.tokenizer, cfg.task.eval_size, seed_offset=EVAL_SEED_OFFSET) \
+        from lckernels_rl.agents.renderer import make_renderer
+
+        self.renderer = make_renderer(self.renderer_name, tok)
+        self.parser = self._parser(probe)
+        probe.close()
+        max_ctx = cfg.agent.max_context_tokens or int(self.model.config.max_position_embeddings)
+        self.budget = Budget(max_turns=cfg.agent.max_turns, max_context_tokens=max_ctx,
+                             max_new_tokens=cfg.rl.max_new_tokens,
+                             max_tool_output_tokens=cfg.agent.max_tool_output_tokens)
+        self.pool = PromptPool(self.make_env, cfg.task.train_size, seed_offset=0)
+        self.eval_pool = PromptPool(self.make_env, cfg.task.eval_size, seed_offset=EVAL_SEED_OFFSET) \
             if cfg.task.eval_size else None
         self.advantage_fn = get_estimator(cfg.rl.advantage)
+        self.requirements = self.objective.context_requirements()
         self.gate = None
         if cfg.rl.dgg is not None:
             from lckernels_rl.gating import DynamicGradientGate
 
             self.gate = DynamicGradientGate(**cfg.rl.dgg)
-        self.teacher = None  # frozen post-warm-up policy: AOPD's teacher / the KL reference
-        self._last_groups = None  # self_verify: (questions, responses, correct) of the last generation step
+        self.teacher = None  # frozen post-warm-up policy: the teacher / the KL reference an objective asks for
+        self.source = self.objective.wrap_source(
+            EpisodeSource(self.make_env, self.pool, SourceContext(cfg.rl, self.rng, self._run_sampling)))
         self.step = 0
         self.optimizer = None
         self.phase = None
-        self.rollout = None
+        self.engine = None
         self.metrics_path = self.out / "metrics.jsonl"
         if resume:
             self._load_checkpoint()
@@ -102,10 +133,49 @@ class Trainer:
             self._save_artifacts()
 
     # ------------------------------------------------------------------ set-up helpers
-    def _objective_alphabet(self) -> str:
-        if self.config.rl.objective == "self_verify":  # verification prompts and verdicts are text
-            return self.objective.template.replace("{question}", "").replace("{response}", "") + "YesNo"
-        return ""
+    def make_env(self):
+        """A fresh environment of the task (one per episode)."""
+        return make_tool_env(self.config.task.env, **self.config.task.env_args)
+
+    def _build_tokenizer(self, probe):
+        from lckernels_rl.models.tokenizer import build_tokenizer
+
+        extra = ()
+        if self.renderer_name == "plain":
+            from lckernels_rl.agents.renderer import PLAIN_CHAT_TOKENS
+
+            extra = PLAIN_CHAT_TOKENS
+        text = self.objective.tokenizer_text() + ("" if self.is_text_env else TRUNCATION_MARKER)
+        m = self.config.model
+        if m.tokenizer == "char":
+            return build_tokenizer("char", alphabet=getattr(probe, "alphabet", "") + text,
+                                   extra_special_tokens=extra)
+        corpus = list(probe.tokenizer_corpus()) + ([text] if text else [])
+        for i in range(256):  # the task's own text: opening messages and demonstrations
+            msgs, _ = probe.reset(seed=CORPUS_SEED_OFFSET + i)
+            corpus += [mm.content for mm in msgs]
+            demo = probe.demonstration(msgs)
+            if demo:
+                corpus.append(demo)
+        return build_tokenizer("bpe", corpus=[c for c in corpus if c], vocab_size=m.vocab_size or 1024,
+                               extra_special_tokens=extra)
+
+    def _parser(self, probe):
+        name = self.config.agent.parser
+        if name == "none" or (name == "auto" and self.is_text_env):
+            return None
+        if name == "auto":
+            name = getattr(probe, "tool_format", None) or "hermes"
+        from lckernels_rl.agents.parsers import get_parser
+
+        return get_parser(name)
+
+    def _loop(self, engine, temperature: float = 1.0) -> AgentLoop:
+        return AgentLoop(engine, self.renderer, self.parser, self.budget, temperature=temperature,
+                         tools_in_prompt=self.config.agent.tools_in_prompt)
+
+    def _run_sampling(self, episodes) -> list:
+        return self._loop(self.engine, self.config.rl.temperature).run_batch(episodes)
 
     @property
     def total_steps(self) -> int:
@@ -128,23 +198,23 @@ class Trainer:
         self.optimizer = self._make_optimizer(phase)
         if phase == "rl":
             self._make_teacher()
-            if self.rollout is None:
-                self.rollout = make_backend(self.config.rollout.backend, self.model, self.tokenizer,
-                                            **self.config.rollout.args)
-            self.rollout.sync_weights(self.model)
-
-    def _needs_teacher(self) -> bool:
-        kl_beta = getattr(self.objective, "kl_beta", 0.0)
-        return self.config.rl.objective == "aopd" or bool(kl_beta)
+            if self.engine is None:
+                backend = make_backend(self.config.rollout.backend, self.model, self.tokenizer,
+                                       **self.config.rollout.args)
+                self.engine = BackendEngine(backend, stop_token_ids=self.renderer.stop_token_ids)
+            self.engine.sync_weights(self.model)
 
     def _make_teacher(self) -> None:
-        if self.teacher is not None or not self._needs_teacher():
+        if self.teacher is not None or not self.requirements:
             return
         import copy
 
         self.teacher = copy.deepcopy(self.model).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+
+    def _context(self) -> ObjectiveContext:
+        return ObjectiveContext(advantage_fn=self.advantage_fn, teacher=self.teacher, backend=self.config.rl.backend)
 
     def _save_artifacts(self) -> None:
         """The tokenizer, the model config and the resolved training config beside the run."""
@@ -156,50 +226,27 @@ class Trainer:
         with open(self.out / "config.yaml", "w") as f:
             yaml.safe_dump(_plain(self.config.to_dict()), f, sort_keys=False)
 
-    # ------------------------------------------------------------------ batches
-    def _pack(self, prompts: list[list[int]], responses: list[list[int]]):
-        """Left-padded prompts followed by right-padded responses.
-
-        Returns input_ids [B, L], attention_mask [B, L], position_ids [B, L], the response slice start ``p0`` (every
-        prompt ends at column p0 - 1) and the response targets [B, R] / mask [B, R].
-        """
-        b = len(prompts)
-        p0 = max(len(p) for p in prompts)
-        r = max(max((len(x) for x in responses), default=0), 1)
-        ids = torch.full((b, p0 + r), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((b, p0 + r), dtype=torch.long)
-        for i, (p, y) in enumerate(zip(prompts, responses)):
-            ids[i, p0 - len(p):p0] = torch.tensor(p)
-            attn[i, p0 - len(p):p0] = 1
-            if y:
-                ids[i, p0:p0 + len(y)] = torch.tensor(y)
-                attn[i, p0:p0 + len(y)] = 1
-        pos = (attn.cumsum(1) - 1).clamp_min(0)
-        targets = ids[:, p0:].clone()
-        mask = attn[:, p0:].bool()
-        return ids, attn, pos, p0, targets, mask
-
-    def _hidden(self, model, ids, attn, pos, p0: int, r: int) -> torch.Tensor:
-        """Final hidden states [B, R, D] at the positions that predict the response tokens."""
-        out = model.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
-        return out.last_hidden_state[:, p0 - 1:p0 - 1 + r]
-
     # ------------------------------------------------------------------ supervised warm-up
+    def demonstrations(self, seeds) -> list:
+        """Trajectories of the environments' scripted demonstrations for ``seeds`` (through the agent loop)."""
+        eps = [Episode(self.make_env(), None, int(s)) for s in seeds]
+        engine = DemonstrationEngine([e.env for e in eps], self.renderer)
+        return self._loop(engine).run_batch(eps)
+
     def _sft_step(self) -> dict[str, Any]:
         c = self.config.sft
         idx = self.rng.choice(self.pool.size, size=min(c.batch_size, self.pool.size), replace=False)
-        prompts = [self.pool.prompt_ids[i] for i in idx]
-        answers = [self.pool.answer_ids[i] + [self.eos_id] for i in idx]
-        ids, attn, pos, p0, targets, mask = self._pack(prompts, answers)
+        trajs = self.demonstrations([self.pool.seed(i) for i in idx])
+        batch = pack_samples([t.to_sample() for t in trajs], self.pad_id)
         self.optimizer.zero_grad(set_to_none=True)
-        hidden = self._hidden(self.model, ids, attn, pos, p0, targets.shape[1])
-        targets = targets.masked_fill(~mask, -100)
+        hidden = batch.hidden(self.model)
+        targets = batch.targets.masked_fill(~batch.mask, -100)
         lp = lckernels.fused_logprobs(hidden, self.model.lm_head.weight, targets, backend=self.config.rl.backend)
-        loss = -(lp * mask).sum() / mask.sum()
+        loss = -(lp * batch.mask).sum() / batch.mask.sum().clamp_min(1)
         loss.backward()
         norms = self._grad_norms()
         self.optimizer.step()
-        return {"loss": float(loss.detach()), "tokens": int(mask.sum()), **norms}
+        return {"loss": float(loss.detach()), "tokens": batch.num_tokens, **norms}
 
     # ------------------------------------------------------------------ RL
     def _grad_norms(self) -> dict[str, float]:
@@ -207,36 +254,6 @@ class Trainer:
         rest = [p for p in self.model.parameters() if p is not head]
         n = lckernels.grad_norms({"lm_head": [head], "rest": rest})
         return {"grad_norm_lm_head": float(n["lm_head"]), "grad_norm_rest": float(n["rest"])}
-
-    def _score(self, rollouts: Rollouts, prompt_idx: np.ndarray) -> np.ndarray:
-        rewards = np.zeros(len(rollouts), dtype=np.float64)
-        for k, (pi, resp) in enumerate(zip(rollouts.prompt_index, rollouts.response_ids)):
-            text = self.tokenizer.decode(resp, skip_special_tokens=True)
-            rewards[k] = self.pool.reward(int(prompt_idx[pi]), text)
-        return rewards
-
-    def _objective_extras(self, rollouts, rewards, index, ids, attn, pos, p0, targets, mask) -> dict:
-        """Inputs beyond the per-token tensors that some objectives need (see the README's trainer section)."""
-        name = self.config.rl.objective
-        extra: dict[str, torch.Tensor] = {}
-        if name == "dual_track_grpo":
-            # Arithmetic mapping (ours): the "schema" phase is the first answer token (the leading digit); its
-            # track is rewarded when that digit is right and the whole answer is correct.
-            first_ok = np.array([1.0 if (y and self._first_token_ok(pi, y[0])) else 0.0
-                                 for pi, y in zip(rollouts.prompt_index, rollouts.response_ids)])
-            r_schema = torch.tensor(first_ok * (rewards > 0), dtype=torch.float32)
-            extra["schema_advantages"] = self.advantage_fn(r_schema, index)
-            sm = torch.zeros_like(mask)
-            sm[:, 0] = mask[:, 0]
-            extra["schema_mask"] = sm
-        if name == "aopd":
-            with torch.no_grad():
-                th = self._hidden(self.teacher, ids, attn, pos, p0, targets.shape[1])
-                extra["teacher_logits"] = (th @ self.teacher.lm_head.weight.T).float()
-        return extra
-
-    def _first_token_ok(self, prompt_pos: int, token: int) -> bool:
-        return bool(self._step_answers[prompt_pos][:1] == [token])
 
     def _wants_rollout_log_prob(self) -> bool:
         """Pass the engine's log-probs only to objectives that use them (their own, or a configured rollout
@@ -246,22 +263,17 @@ class Trainer:
         policy_config = getattr(self.objective, "policy_config", None)
         return bool(policy_config is not None and policy_config().needs_rollout_logprobs)
 
-    def _ref_log_prob(self, ids, attn, pos, p0, targets, mask):
-        if self.teacher is None or not getattr(self.objective, "kl_beta", 0.0):
+    def _ref_log_prob(self, batch: RLBatch):
+        if "reference" not in self.requirements or self.teacher is None:
             return None
         with torch.no_grad():
-            th = self._hidden(self.teacher, ids, attn, pos, p0, targets.shape[1])
-            return lckernels.fused_logprobs(th, self.teacher.lm_head.weight, targets.masked_fill(~mask, 0),
+            th = batch.hidden(self.teacher)
+            return lckernels.fused_logprobs(th, self.teacher.lm_head.weight, batch.targets,
                                             backend=self.config.rl.backend)
 
     def _loss(self, hidden, targets, adv, old, mask, rollout_lp, ref_lp, extra):
         """(loss, metrics, detached log-probs [B, R]) through the fused or the per-token path."""
         c = self.config.rl
-        if self.config.rl.objective == "aopd":
-            adv = None  # AOPD's advantage is the teacher/student log-ratio (it needs teacher_log_prob then)
-            extra = dict(extra)
-            tl = extra["teacher_logits"]
-            extra["teacher_log_prob"] = torch.log_softmax(tl, -1).gather(-1, targets[..., None]).squeeze(-1)
         if c.loss == "fused":
             return self.objective.fused(hidden, self.model.lm_head.weight, targets, adv, old, mask, rollout_lp,
                                         ref_lp, backend=c.backend, return_logprobs=True, **extra)
@@ -269,7 +281,7 @@ class Trainer:
         logp = torch.log_softmax(logits.float(), -1)
         lp = logp.gather(-1, targets[..., None]).squeeze(-1)
         kw = dict(extra)
-        if self.config.rl.objective == "aopd":
+        if "student_logits" in self.objective.extra_inputs:  # objectives that need the whole distribution
             kw["student_logits"] = logits.float()
         ent = -(logp.exp() * logp).sum(-1)
         if getattr(self.objective, "entropy_coef", 0.0):
@@ -279,111 +291,61 @@ class Trainer:
         metrics.setdefault("entropy_mean", float((ent.detach() * m).sum() / m.sum().clamp_min(1)))
         return loss, metrics, lp.detach()
 
-    def _generation_batch(self):
-        """The task's rollouts: pool prompts, the allocator's counts, the environment's rewards."""
-        prompt_idx = self.pool.sample(self.rng, self.config.rl.prompts_per_step)
-        self._step_answers = [self.pool.answer_ids[i] for i in prompt_idx]
-        rollouts, rewards, counts = allocate_rollouts(self, prompt_idx)
-        self.pool.update(prompt_idx, rollouts.prompt_index, rewards)
-        if self.config.rl.objective == "self_verify":  # the next verification step's material
-            groups: dict[int, list[int]] = {}
-            for k, pi in enumerate(rollouts.prompt_index):
-                groups.setdefault(pi, []).append(k)
-            dec = [self.tokenizer.decode(r, skip_special_tokens=True) for r in rollouts.response_ids]
-            self._last_groups = ([self.pool.prompts[prompt_idx[pi]] for pi in groups],
-                                 [[dec[k] for k in ks] for ks in groups.values()],
-                                 [[bool(rewards[k] > 0) for k in ks] for ks in groups.values()])
-        return rollouts, rewards, counts
-
-    def _verification_batch(self):
-        """Self-verify's verification step: the policy judges its own previous rollouts ("Yes"/"No"), rewarded
-        when the verdict matches the exact-match label; ``None`` when the last groups give no balanced example."""
-        c = self.config.rl
-        questions, responses, correct = self._last_groups
-        examples = self.objective.build_examples(questions, responses, correct, seed=int(self.rng.integers(2**31)))
-        if not examples:
-            return None
-        from lckernels_rl.budget import uniform_allocate
-        from lckernels_rl.objectives.self_verify import verification_reward
-
-        prompts = [self.tokenizer(e.prompt, add_special_tokens=False)["input_ids"] for e in examples]
-        counts = uniform_allocate(c.rollouts_per_step, len(prompts), n_min=1, seed=int(self.rng.integers(2**31)))
-        rollouts = self.rollout.generate(prompts, counts.tolist(), max_new_tokens=c.max_new_tokens,
-                                         temperature=c.temperature)
-        rewards = np.array([verification_reward(self.tokenizer.decode(r, skip_special_tokens=True),
-                                                examples[pi].label)
-                            for pi, r in zip(rollouts.prompt_index, rollouts.response_ids)], dtype=np.float64)
-        return rollouts, rewards, counts
-
-    def _is_verification_step(self) -> bool:
-        if self.config.rl.objective != "self_verify" or self._last_groups is None:
-            return False
-        return self.objective.schedule().is_verification_step(self.step - self.config.sft.steps)  # 0-based RL step
-
     def _rl_step(self) -> dict[str, Any]:
         c = self.config.rl
         t0 = time.perf_counter()
-        batch = self._verification_batch() if self._is_verification_step() else None
-        kind = "generation" if batch is None else "verification"
-        rollouts, rewards, counts = batch if batch is not None else self._generation_batch()
+        groups = self.source.next(self.step - self.config.sft.steps)  # 0-based RL step
         t_rollout = time.perf_counter() - t0
+        batch = pack_samples(groups.samples, self.pad_id)
+        targets, mask = batch.targets, batch.mask
+        extra = self.objective.batch_inputs(batch, self._context())
+        adv = extra.pop("advantages") if "advantages" in extra else \
+            self.advantage_fn(batch.rewards, batch.group_index).float()
+        rollout_lp = batch.rollout_logprobs if self._wants_rollout_log_prob() else None
+        ref_lp = self._ref_log_prob(batch)
 
-        index = torch.tensor(rollouts.prompt_index)
-        r_t = torch.tensor(rewards, dtype=torch.float32)
-        adv = self.advantage_fn(r_t, index).float()
-        ids, attn, pos, p0, targets, mask = self._pack(rollouts.prompt_ids, rollouts.response_ids)
-        targets = targets.masked_fill(~mask, 0)
-        rollout_lp = torch.zeros(targets.shape, dtype=torch.float32)
-        for i, lps in enumerate(rollouts.logprobs):
-            rollout_lp[i, :len(lps)] = torch.tensor(lps, dtype=torch.float32)
-        rollout_lp_arg = rollout_lp
-        if not self._wants_rollout_log_prob():
-            rollout_lp_arg = None
-        extra = self._objective_extras(rollouts, rewards, index, ids, attn, pos, p0, targets, mask)
-        ref_lp = self._ref_log_prob(ids, attn, pos, p0, targets, mask)
-
-        old = None  # first update: on-policy (ratio 1 with its gradient)
-        updates, fired, m_first = 0, False, None
+        state: dict[str, Any] = {"old": None, "first": None}  # first update: on-policy (ratio 1 with its gradient)
         g_trace: list[float] = []  # lm_head gradient norm of every update (a gated one included)
         kl_trace: list[float] = []  # k3 KL to the rollout policy seen by updates 2..K (after 1..K-1 applied)
-        for k in range(1, c.reuse + 1):
-            self.optimizer.zero_grad(set_to_none=False)
-            hidden = self._hidden(self.model, ids, attn, pos, p0, targets.shape[1])
-            loss, metrics, lp = self._loss(hidden, targets, adv, old, mask, rollout_lp_arg, ref_lp, extra)
+
+        def step_fn(k: int):
+            hidden = batch.hidden(self.model)
+            loss, metrics, lp = self._loss(hidden, targets, adv, state["old"], mask, rollout_lp, ref_lp, extra)
             loss.backward()
             norms = self._grad_norms()
             g_trace.append(norms["grad_norm_lm_head"])
             if k == 1:
-                old = lp
-                m_first = dict(metrics)
-                m_first.update(norms)
-                gap = (lp - rollout_lp).abs()[mask]
-                m_first["rollout_logprob_gap"] = float(gap.mean()) if gap.numel() else 0.0
+                state["old"] = lp
+                first = dict(metrics)
+                first.update(norms)
+                gap = (lp - batch.rollout_logprobs).abs()[mask]
+                first["rollout_logprob_gap"] = float(gap.mean()) if gap.numel() else 0.0
+                state["first"] = first
             else:  # how far the reused updates moved the policy from the one that sampled the batch
-                kl_trace.append(_k3(old, lp, mask))
-            if self.gate is not None:
-                decision = self.gate.observe(norms["grad_norm_lm_head"] ** 2, k)
-                if decision.fire:
-                    self.gate.apply(self.model.parameters(), decision)
-                    fired = True
-                    break
+                kl_trace.append(_k3(state["old"], lp, mask))
+            return loss, norms["grad_norm_lm_head"] ** 2, metrics
+
+        def clip():
             if c.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-            self.optimizer.step()
-            updates += 1
-        self.rollout.sync_weights(self.model)
+
+        report = reuse_rollout_batch(step_fn, self.gate, self.optimizer, max_reuse=c.reuse, params=self.model,
+                                     pre_step=clip)
+        self.engine.sync_weights(self.model)
         dt = time.perf_counter() - t0
-        n_tok = rollouts.num_response_tokens()
+        rewards = batch.rewards.double().numpy()
+        n_tok = batch.num_tokens
+        n = len(batch)
         # NaN stats mean "not computed" (e.g. kl_mean without a reference): left out of the log
-        out = {k: v for k, v in m_first.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        out.update(reward_mean=float(rewards.mean()), reward_std=float(rewards.std()), rollouts=len(rollouts),
-                   response_tokens=n_tok, response_len_mean=n_tok / max(len(rollouts), 1),
-                   finished_frac=float(np.mean(rollouts.finished)), updates=updates, dgg_fired=fired,
-                   time_rollout_s=t_rollout, tokens_per_s=n_tok / dt,
-                   clip_frac=float(m_first.get("clip_frac_low", 0.0) + m_first.get("clip_frac_high", 0.0)),
-                   counts_min=int(counts.min()), counts_max=int(counts.max()))
-        if c.objective == "self_verify":
-            out["step_kind"] = kind
+        out = {k: v for k, v in state["first"].items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        out.update(reward_mean=float(rewards.mean()), reward_std=float(rewards.std()), rollouts=n,
+                   response_tokens=n_tok, response_len_mean=n_tok / max(n, 1),
+                   finished_frac=float(np.mean([s.stop_reason == "env_done" for s in batch.samples])),
+                   updates=report.updates, dgg_fired=report.fired, time_rollout_s=t_rollout, tokens_per_s=n_tok / dt,
+                   clip_frac=float(out.get("clip_frac_low", 0.0) + out.get("clip_frac_high", 0.0)),
+                   counts_min=int(groups.counts.min()), counts_max=int(groups.counts.max()),
+                   policy_version=int(self.engine.version))
+        out.update(groups.metrics)
         if c.reuse > 1:
             out.update(kl_rollout_max=max([0.0, *kl_trace]), grad_norm_lm_head_max=max([0.0, *g_trace]),
                        kl_rollout_trace=kl_trace, grad_norm_lm_head_trace=g_trace)
@@ -391,22 +353,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Greedy-decoding exact-match accuracy on the evaluation set (does not touch any RNG)."""
+    def evaluate(self, return_metrics: bool = False):
+        """Greedy-decoding mean reward on the evaluation tasks (does not touch any RNG); with ``return_metrics``,
+        ``(reward, episode metrics)``."""
         if self.eval_pool is None:
-            return math.nan
-        was = self.model.training
-        self.model.eval()
-        try:
-            ids, attn = left_pad(self.eval_pool.prompt_ids, self.pad_id)
-            width = ids.shape[1]
-            gen = self.model.generate(input_ids=ids, attention_mask=attn, do_sample=False,
-                                      max_new_tokens=self.config.rl.max_new_tokens, eos_token_id=self.eos_id,
-                                      pad_token_id=self.pad_id)
-            texts = self.tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-        finally:
-            self.model.train(was)
-        return float(np.mean([self.eval_pool.reward(i, t) for i, t in enumerate(texts)]))
+            return (math.nan, {}) if return_metrics else math.nan
+        backend = HFGenerateBackend(self.model, eos_token_id=self.eos_id, pad_token_id=self.pad_id, greedy=True)
+        engine = BackendEngine(backend, stop_token_ids=self.renderer.stop_token_ids)
+        eps = [Episode(self.make_env(), None, self.eval_pool.seed(i)) for i in range(self.eval_pool.size)]
+        trajs = self._loop(engine).run_batch(eps)
+        acc = float(np.mean([t.reward for t in trajs]))
+        return (acc, episode_metrics(trajs)) if return_metrics else acc
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_state(self) -> dict:
@@ -416,7 +373,8 @@ class Trainer:
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
             "rng": {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state,
                     "python": random.getstate()},
-            "pool": self.pool.state_dict(), "gate": self.gate, "last_groups": self._last_groups,
+            "source": self.source.state_dict(), "gate": self.gate,
+            "engine_version": self.engine.version if self.engine is not None else None,
         }
 
     def save_checkpoint(self) -> Path:
@@ -446,11 +404,11 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         self.rng.bit_generator.state = state["rng"]["numpy"]
         random.setstate(state["rng"]["python"])
-        self.pool.load_state_dict(state["pool"])
+        self.source.load_state_dict(state["source"])
         self.gate = state["gate"]
-        self._last_groups = state["last_groups"]
-        if self.rollout is not None:
-            self.rollout.sync_weights(self.model)
+        if self.engine is not None:
+            self.engine.sync_weights(self.model)
+            self.engine.version = int(state["engine_version"])
         # keep the metrics written up to the checkpoint, drop what a crashed run wrote after it
         lines = self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
         kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= self.step]
@@ -504,8 +462,8 @@ class Trainer:
         return m
 
     def close(self) -> None:
-        if self.rollout is not None:
-            self.rollout.close()
+        if self.engine is not None:
+            self.engine.close()
 
 
 def _k3(old: torch.Tensor, new: torch.Tensor, mask: torch.Tensor) -> float:

@@ -159,22 +159,26 @@ def test_rollout_backend_errors():
 
 # ----------------------------------------------------------------------------------------------- batches
 def test_packed_batch_hidden_states_predict_the_response(tmp_path):
-    """Left-padded prompts + right-padded responses: the fused log-probs of the packed batch equal each sequence's
-    own unpadded forward (checks the padding, the position ids and the hidden-state slice)."""
+    """Right-padded whole contexts, only sampled tokens gathered: the fused log-probs of the packed batch equal each
+    sequence's own unpadded forward (checks the padding, the position ids and the gather of hidden-state rows)."""
     import lckernels
+    from lckernels_rl.agents.trajectory import TrainSample
+    from lckernels_rl.train.batch import pack_samples
 
     tr = Trainer(tiny_config(tmp_path))
-    prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
-    responses = [[6, 2], [7, 8, 9, 2], [5]]
-    ids, attn, pos, p0, targets, mask = tr._pack(prompts, responses)
-    assert mask.sum(1).tolist() == [2, 4, 1]
+    seqs = [[5, 6, 7, 8, 9, 6, 2], [10, 11, 7, 8, 9, 2], [12, 13, 14, 5]]
+    masks = [[0, 0, 0, 0, 0, 1, 1], [0, 0, 1, 0, 1, 1], [0, 0, 0, 1]]  # the middle one: two sampled runs
+    samples = [TrainSample(s, m, [0.0] * len(s), [0 if x else -1 for x in m]) for s, m in zip(seqs, masks)]
+    batch = pack_samples(samples, tr.pad_id)
+    assert batch.mask.sum(1).tolist() == [2, 3, 1]
     with torch.no_grad():
-        h = tr._hidden(tr.model, ids, attn, pos, p0, targets.shape[1])
-        lp = lckernels.fused_logprobs(h, tr.model.lm_head.weight, targets.masked_fill(~mask, 0))
-        for i, (p, y) in enumerate(zip(prompts, responses)):
-            logits = tr.model(torch.tensor([p + y])).logits[0].float()
-            ref = torch.log_softmax(logits, -1)[len(p) - 1:len(p) - 1 + len(y)].gather(-1, torch.tensor(y)[:, None])
-            torch.testing.assert_close(lp[i, :len(y)], ref.squeeze(-1), atol=2e-5, rtol=1e-5)
+        h = batch.hidden(tr.model)
+        lp = lckernels.fused_logprobs(h, tr.model.lm_head.weight, batch.targets)
+        for i, (s, m) in enumerate(zip(seqs, masks)):
+            logits = tr.model(torch.tensor([s])).logits[0].float()
+            pos = [p for p, x in enumerate(m) if x]
+            ref = torch.log_softmax(logits, -1)[[p - 1 for p in pos]].gather(-1, torch.tensor(s)[pos][:, None])
+            torch.testing.assert_close(lp[i, :len(pos)], ref.squeeze(-1), atol=2e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------- RL steps
@@ -190,9 +194,13 @@ def _run(cfg) -> list[dict]:
 def mixed_rewards(monkeypatch):
     """A random-init policy almost never solves a problem, so every group would be all-0 (zero advantages, zero
     gradients).  Reward odd-length responses instead: groups are mixed and every objective gets a signal."""
-    from lckernels_rl.train.allocation import PromptPool
+    real = ArithmeticEnv.step
 
-    monkeypatch.setattr(PromptPool, "reward", lambda self, i, text: float(len(text) % 2))
+    def step(self, action):
+        obs, _, term, trunc, info = real(self, action)
+        return obs, float(len(action) % 2), term, trunc, info
+
+    monkeypatch.setattr(ArithmeticEnv, "step", step)
 
 
 @pytest.mark.parametrize("objective", list_objectives())
@@ -215,7 +223,8 @@ def test_self_verify_runs_verification_steps(tmp_path, mixed_rewards, monkeypatc
     real = HFGenerateBackend.generate
 
     def spy(self, prompt_ids, counts, **kw):
-        seen.append([tr.tokenizer.decode(p) for p in prompt_ids])
+        if not self.greedy:  # the evaluation's greedy decoding is not a training step
+            seen.append([tr.tokenizer.decode(p) for p in prompt_ids])
         return real(self, prompt_ids, counts, **kw)
 
     monkeypatch.setattr(HFGenerateBackend, "generate", spy)

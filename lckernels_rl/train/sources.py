@@ -1,0 +1,229 @@
+"""Rollout sources: where the trainer's groups of :class:`~lckernels_rl.agents.TrainSample` s come from.
+
+A source has ``next(step) -> RolloutGroups`` (``step``: the 0-based RL step) and ``state_dict`` /
+``load_state_dict`` (what an exact resume needs).  Every sample of one group (one task) shares a ``group_id``; the
+advantage estimator normalizes within it.
+
+* :class:`EpisodeSource` -- the task pool, the budget allocator and the agent loop: the default.
+* :class:`SelfVerificationSource` -- Self-Verify's schedule around another source: on verification steps the policy
+  judges its own rollouts of the previous generation step (built by :class:`~lckernels_rl.objectives.SelfVerify`,
+  which wraps the default source with it; the trainer does not know it exists).
+* :class:`DemonstrationEngine` -- scripted turns from the environments' demonstrations, so the supervised warm-up
+  runs through the same loop (same prompts, same token ledger) as RL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from lckernels_rl.agents.loop import Episode
+from lckernels_rl.agents.trajectory import TrainSample, Trajectory
+from lckernels_rl.agents.types import Message
+from lckernels_rl.envs.tool_env import StepResult, ToolEnv, Verdict
+from lckernels_rl.rollout.engine import Generation, GenerationRequest
+
+from .allocation import PromptPool, allocate_rollouts
+
+__all__ = ["RolloutGroups", "SourceContext", "EpisodeSource", "SelfVerificationSource", "DemonstrationEngine",
+           "VerificationEnv", "episode_metrics"]
+
+
+@dataclass
+class RolloutGroups:
+    """One step's samples (flat, each group contiguous), the trajectories they came from, the per-task counts and
+    the source's metrics."""
+
+    samples: list[TrainSample]
+    trajectories: list[Trajectory]
+    counts: np.ndarray
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def rewards(self) -> np.ndarray:
+        return np.array([s.reward for s in self.samples], dtype=np.float64)
+
+
+@dataclass
+class SourceContext:
+    """What a source may use: the RL config, the trainer's generator, and ``run(episodes) -> trajectories`` (the
+    agent loop with the sampling engine)."""
+
+    rl: Any
+    rng: np.random.Generator
+    run: Callable[[Sequence[Episode]], list[Trajectory]]
+
+
+def episode_metrics(trajs: Sequence[Trajectory]) -> dict:
+    """Counts over episodes: stop reasons, turns, tool calls / errors / parse errors per episode."""
+    n = max(len(trajs), 1)
+    out: dict[str, Any] = {}
+    reasons: dict[str, int] = {}
+    for t in trajs:
+        reasons[t.stop_reason] = reasons.get(t.stop_reason, 0) + 1
+    for r, c in sorted(reasons.items()):
+        out[f"stop_{r}"] = c
+    for key in ("turns", "tool_calls", "tool_errors", "parse_errors"):
+        out[f"{key}_per_episode"] = sum(t.metrics.get(key, 0) for t in trajs) / n
+    out["tool_call_rate"] = sum(1 for t in trajs if t.metrics.get("tool_calls", 0) > 0) / n
+    out["episodes"] = len(trajs)
+    return out
+
+
+class EpisodeSource:
+    """Pool tasks -> allocator counts -> episodes through the agent loop -> groups of samples.
+
+    Args:
+        make_env: a fresh environment per episode.
+        pool: the training tasks and their statistics.
+        ctx: the :class:`SourceContext`.
+    """
+
+    def __init__(self, make_env: Callable[[], ToolEnv], pool: PromptPool, ctx: SourceContext):
+        self.make_env, self.pool, self.ctx = make_env, pool, ctx
+
+    def next(self, step: int) -> RolloutGroups:
+        rl = self.ctx.rl
+        prompt_idx = self.pool.sample(self.ctx.rng, rl.prompts_per_step)
+        seed = int(self.ctx.rng.integers(2**31))
+
+        def sample(counts):
+            index = [i for i, c in enumerate(counts) for _ in range(int(c))]
+            trajs = self.ctx.run([Episode(self.make_env(), None, self.pool.seed(prompt_idx[i])) for i in index])
+            return trajs, index, [t.reward for t in trajs]
+
+        trajs, index, rewards, counts = allocate_rollouts(rl, self.pool, prompt_idx, seed, sample)
+        self.pool.update(prompt_idx, index, rewards)
+        samples: list[TrainSample] = []
+        kept_trajs: list[Trajectory] = []
+        order = sorted(range(len(trajs)), key=lambda k: index[k])  # groups contiguous, in prompt order
+        for k in order:
+            for s in trajs[k].to_samples(group_id=int(prompt_idx[index[k]])):
+                samples.append(s)
+            kept_trajs.append(trajs[k])
+        self.last = (prompt_idx, [index[k] for k in order], kept_trajs)
+        return RolloutGroups(samples, kept_trajs, np.asarray(counts), episode_metrics(kept_trajs))
+
+    def state_dict(self) -> dict:
+        return {"pool": self.pool.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pool.load_state_dict(state["pool"])
+
+
+class VerificationEnv(ToolEnv):
+    """A single-turn episode judging one :class:`~lckernels_rl.objectives.self_verify.VerificationExample`: the
+    prompt is the example's text, the reward ``reward_fn(answer, label)``."""
+
+    name = "self_verification"
+
+    def __init__(self, reward_fn: Callable[[str, str], float]):
+        self.reward_fn = reward_fn
+        self.example = None
+
+    def reset(self, seed=None, task=None):
+        if task is None:
+            raise ValueError("VerificationEnv.reset: needs the verification example as `task`")
+        self.example = task
+        return [Message("user", task.prompt)], {"label": task.label}
+
+    def answer(self, turn: Message) -> StepResult:
+        return StepResult(reward=float(self.reward_fn(turn.content, self.example.label)), terminated=True)
+
+    def verify(self, trajectory) -> Verdict:
+        return Verdict(reward=float(sum(r for _, r in trajectory.step_rewards)))
+
+
+class SelfVerificationSource:
+    """Self-Verify's steps around ``base``: on the schedule's verification steps (when the previous generation step
+    gave a usable example) the policy answers "Yes"/"No" on its own previous rollouts; other steps are ``base``'s.
+
+    The examples come from ``objective.build_examples`` on the last generation step's groups (question = the task's
+    prompt text, response = the decoded final assistant turn, label = reward > 0); the budget is split uniformly
+    (at least one rollout per example).
+    """
+
+    def __init__(self, base: EpisodeSource, objective):
+        self.base, self.objective = base, objective
+        self.last_groups = None
+
+    def next(self, step: int) -> RolloutGroups:
+        if self.last_groups is not None and self.objective.schedule().is_verification_step(step):
+            res = self._verification()
+            if res is not None:
+                return res
+        res = self.base.next(step)
+        self._remember(res)
+        res.metrics["step_kind"] = "generation"
+        return res
+
+    def _remember(self, res: RolloutGroups) -> None:
+        prompt_idx, index, trajs = self.base.last
+        groups: dict[int, list[int]] = {}
+        for k, pi in enumerate(index):
+            groups.setdefault(pi, []).append(k)
+        final = [next((m.content for m in reversed(t.messages) if m.role == "assistant"), "") for t in trajs]
+        self.last_groups = ([self.base.pool.prompts[prompt_idx[pi]] for pi in groups],
+                            [[final[k] for k in ks] for ks in groups.values()],
+                            [[bool(trajs[k].reward > 0) for k in ks] for ks in groups.values()])
+
+    def _verification(self) -> Optional[RolloutGroups]:
+        from lckernels_rl.budget import uniform_allocate
+
+        ctx = self.base.ctx
+        questions, responses, correct = self.last_groups
+        examples = self.objective.build_examples(questions, responses, correct, seed=int(ctx.rng.integers(2**31)))
+        if not examples:
+            return None
+        counts = uniform_allocate(ctx.rl.rollouts_per_step, len(examples), n_min=1,
+                                  seed=int(ctx.rng.integers(2**31)))
+        index = [i for i, c in enumerate(counts) for _ in range(int(c))]
+        trajs = ctx.run([Episode(VerificationEnv(self.objective.reward), examples[i], None) for i in index])
+        samples = [s for k, t in zip(index, trajs) for s in t.to_samples(group_id=("verify", k))]
+        m = episode_metrics(trajs)
+        m["step_kind"] = "verification"
+        return RolloutGroups(samples, trajs, np.asarray(counts), m)
+
+    def state_dict(self) -> dict:
+        return {"base": self.base.state_dict(), "last_groups": self.last_groups}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base.load_state_dict(state["base"])
+        self.last_groups = state["last_groups"]
+
+    @property
+    def pool(self):
+        return self.base.pool
+
+
+class DemonstrationEngine:
+    """An engine that answers each request with the demonstration of the episode's environment
+    (``env.demonstration(messages)``), rendered as a sampled assistant turn (``renderer.assistant_ids``), log-prob 0.
+
+    ``envs[i]`` is the environment of episode ``i`` of the batch being run (the loop's request key is
+    ``(episode index, turn)``).  An environment without a demonstration for the conversation raises.
+    """
+
+    def __init__(self, envs: Sequence[ToolEnv], renderer, version: int = 0):
+        self.envs, self.renderer, self.version = list(envs), renderer, version
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        out = []
+        for r in requests:
+            env = self.envs[r.key[0]]
+            text = env.demonstration(list(r.messages or ()))
+            if text is None:
+                raise ValueError(f"{type(env).__name__} has no demonstration for this conversation (turn "
+                                 f"{r.key[1]})")
+            ids = list(self.renderer.assistant_ids(text))[:r.max_new_tokens]
+            stop = bool(ids) and ids[-1] in set(self.renderer.stop_token_ids)
+            out.append(Generation(ids, [0.0] * len(ids), "stop" if stop else "length", self.version))
+        return out
+
+    def sync_weights(self, model) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
