@@ -11,7 +11,10 @@ import pytest
 import lckernels.ops.gating
 import lckernels.ops.logprobs
 import lckernels.ops.policy_loss
+import lckernels_rl.agents.parsers
+import lckernels_rl.agents.tools
 import lckernels_rl.envs.arithmetic
+import lckernels_rl.envs.kv_lookup
 import lckernels_rl.models.tokenizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -28,7 +31,9 @@ def test_readme_example_runs(code):
 
 
 @pytest.mark.parametrize("module", [lckernels.ops.logprobs, lckernels.ops.policy_loss, lckernels.ops.gating,
-                                    lckernels_rl.envs.arithmetic, lckernels_rl.models.tokenizer],
+                                    lckernels_rl.envs.arithmetic, lckernels_rl.envs.kv_lookup,
+                                    lckernels_rl.agents.parsers, lckernels_rl.agents.tools,
+                                    lckernels_rl.models.tokenizer],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

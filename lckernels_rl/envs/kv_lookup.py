@@ -41,7 +41,7 @@ class KVLookupEnv(ToolEnv):
         >>> env = KVLookupEnv()
         >>> msgs, info = env.reset(seed=0)
         >>> msgs[0].content, info["answer"] == str(env.table[msgs[0].content.split()[1]])
-        ('key hk', True)
+        ('key ba', True)
     """
 
     name: ClassVar[str] = "kv_lookup"
