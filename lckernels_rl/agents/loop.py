@@ -274,8 +274,16 @@ class AgentLoop:
         ids = self._encode(m.content)
         if len(ids) <= cap:
             return m
-        keep = max(cap - len(self._marker_ids), 0)
-        text = self.tokenizer.decode(ids[:keep], skip_special_tokens=True) + TRUNCATION_MARKER
+        marker = TRUNCATION_MARKER if len(self._marker_ids) < cap else ""  # no room for the marker: cut only
+        keep = cap - (len(self._marker_ids) if marker else 0)
+        text = ""
+        while keep > 0:  # decoding a cut multi-byte character can re-encode longer: shrink until it fits
+            text = self.tokenizer.decode(ids[:keep], skip_special_tokens=True).rstrip("\ufffd") + marker
+            if len(self._encode(text)) <= cap:
+                break
+            keep -= 1
+        else:
+            text = marker if len(self._marker_ids) <= cap else ""
         return Message("tool", text, tool_call_id=m.tool_call_id, name=m.name, is_error=m.is_error)
 
     def _encode(self, text: str) -> list[int]:
