@@ -121,7 +121,7 @@ def start_from(tr: Trainer, state: dict) -> None:
     torch.set_rng_state(state["rng"]["torch"])
     tr.rng.bit_generator.state = state["rng"]["numpy"]
     random.setstate(state["rng"]["python"])
-    tr.pool.load_state_dict(state["pool"])
+    tr.source.load_state_dict(state["source"])
 
 
 def run_arm(cfg: TrainConfig, state: dict) -> list[dict]:

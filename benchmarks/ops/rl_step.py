@@ -140,7 +140,7 @@ class RLStep:
     The provider's ``LCK_BACKEND`` and its own torch / Python RNG state are swapped in around construction and every
     call, so several instances can be called in any interleaving and each samples what it would sample alone.
     :attr:`batches` holds a :func:`batch_fingerprint` of every step's sampled responses (:attr:`first_batch`: step
-    1's), taken where the trainer scores them.
+    1's), taken where the trainer's rollout source returns them.
     """
 
     def __init__(self, provider: str, inputs: Inputs, warmup_steps: int = 1):
@@ -161,12 +161,13 @@ class RLStep:
         self.batches: list[str] = []  # batch_fingerprint of each step's sampled responses
         with self._own_state():
             self.trainer = Trainer(TrainConfig.from_dict(data))
-        score = self.trainer._score  # observe the sampled batch where the trainer scores it (behaviour unchanged)
+        source_next = self.trainer.source.next  # observe each step's sampled batch (behaviour unchanged)
 
-        def observed_score(rollouts, prompt_idx):
-            self.batches.append(batch_fingerprint(rollouts.response_ids))
-            return score(rollouts, prompt_idx)
-        self.trainer._score = observed_score
+        def observed_next(step):
+            groups = source_next(step)
+            self.batches.append(batch_fingerprint([s.sampled_ids() for s in groups.samples]))
+            return groups
+        self.trainer.source.next = observed_next
         for _ in range(warmup_steps):
             self()
         self.first = self.history[0] if self.history else None

@@ -86,7 +86,7 @@ def rl_phase(cfg: TrainConfig, state: dict) -> list[dict]:
     torch.set_rng_state(state["rng"]["torch"])
     tr.rng.bit_generator.state = state["rng"]["numpy"]
     random.setstate(state["rng"]["python"])
-    tr.pool.load_state_dict(state["pool"])
+    tr.source.load_state_dict(state["source"])
     try:
         rows = tr.fit()
     finally:
