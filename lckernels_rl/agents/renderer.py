@@ -23,10 +23,32 @@ from typing import Any, Iterable, Optional, Sequence
 
 from .types import Message, ToolCall, ToolSpec
 
-__all__ = ["TemplateError", "Renderer", "PlainChatRenderer", "RawRenderer", "HFChatRenderer", "PLAIN_CHAT_TOKENS",
+__all__ = ["CHATML_TEMPLATE", "CHATML_TOKENS", "TemplateError", "Renderer", "PlainChatRenderer", "RawRenderer", "HFChatRenderer", "PLAIN_CHAT_TOKENS",
            "RENDERERS", "make_renderer"]
 
 PLAIN_CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|end|>")
+
+
+# A ChatML chat template (Qwen2.5 style, tools listed in the system message) for tokenizers built here, which ship no
+# template of their own; with CHATML_TOKENS as special tokens and "<|im_end|>" as EOS, HFChatRenderer runs on them.
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+CHATML_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n' }}{%- endif %}"
+    "{{- '# Tools' }}"
+    "{%- for t in tools %}{{- '\\n' + (t | tojson) }}{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- elif messages and messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for m in messages %}"
+    "{%- if not (m.role == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
 
 
 class TemplateError(ValueError):

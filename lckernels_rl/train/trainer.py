@@ -138,14 +138,21 @@ class Trainer:
         return make_tool_env(self.config.task.env, **self.config.task.env_args)
 
     def _build_tokenizer(self, probe):
+        from lckernels_rl.agents import renderer as R
+
+        extra = {"plain": R.PLAIN_CHAT_TOKENS, "hf": R.CHATML_TOKENS}.get(self.renderer_name, ())
+        tok = self._tokenizer_of_kind(probe, extra)
+        if self.renderer_name == "hf":  # our tokenizers have no template: ChatML, "<|im_end|>" ends a turn
+            tok.chat_template = R.CHATML_TEMPLATE
+            tok.eos_token = "<|im_end|>"
+        return tok
+
+    def _tokenizer_of_kind(self, probe, extra):
         from lckernels_rl.models.tokenizer import build_tokenizer
 
-        extra = ()
-        if self.renderer_name == "plain":
-            from lckernels_rl.agents.renderer import PLAIN_CHAT_TOKENS
-
-            extra = PLAIN_CHAT_TOKENS
         text = self.objective.tokenizer_text() + ("" if self.is_text_env else TRUNCATION_MARKER)
+        if self.renderer_name == "hf":
+            text += "\n" + "".join(sorted({c for r in ("system", "user", "assistant", "tool") for c in r}))
         m = self.config.model
         if m.tokenizer == "char":
             return build_tokenizer("char", alphabet=getattr(probe, "alphabet", "") + text,

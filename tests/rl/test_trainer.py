@@ -417,3 +417,19 @@ def test_trainer_names_no_objective():
 
     src = inspect.getsource(trainer_module)
     assert [name for name in list_objectives() if f'"{name}"' in src or f"'{name}'" in src or name in src] == []
+
+
+@pytest.mark.parametrize("renderer, tokenizer", [("hf", "char"), ("hf", "bpe"), ("plain", "bpe")])
+def test_renderers_and_tokenizers_train_a_tool_env(tmp_path, renderer, tokenizer):
+    """The HF chat-template renderer (ChatML on the trainer's own tokenizers) and the BPE tokenizer run whole
+    tool-using episodes; the warm-up demonstrations still succeed through them."""
+    vocab = {"vocab_size": 512} if tokenizer == "bpe" else {}
+    cfg = kv_config(tmp_path, agent={"renderer": renderer, "max_context_tokens": 128},
+                    model={"tokenizer": tokenizer, **vocab}, rl={"steps": 1})
+    tr = Trainer(cfg)
+    tr.renderer.self_test()
+    demo = tr.demonstrations([0, 1])
+    assert [t.reward for t in demo] == [1.0, 1.0] and all(t.stop_reason == "env_done" for t in demo)
+    rows = tr.fit()
+    tr.close()
+    assert rows[-1]["phase"] == "rl" and rows[-1]["episodes"] == 8
