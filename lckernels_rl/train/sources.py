@@ -27,7 +27,7 @@ from lckernels_rl.rollout.engine import Generation, GenerationRequest
 
 from .allocation import PromptPool, allocate_rollouts
 
-__all__ = ["RolloutGroups", "SourceContext", "EpisodeSource", "SelfVerificationSource", "DemonstrationEngine",
+__all__ = ["RolloutGroups", "SourceContext", "trainable_samples", "EpisodeSource", "SelfVerificationSource", "DemonstrationEngine",
            "VerificationEnv", "episode_metrics"]
 
 
@@ -72,6 +72,20 @@ def episode_metrics(trajs: Sequence[Trajectory]) -> dict:
     return out
 
 
+def trainable_samples(trajs: Sequence[Trajectory], group_ids: Sequence[Any]) -> tuple[list[TrainSample], int]:
+    """The samples of ``trajs`` to train on, and how many episodes were left out: an episode that ended in ``error``
+    (an environment or tool crash, not the policy's doing) is excluded -- training on it would credit the policy
+    with the crash -- and counted (``excluded_error_episodes``); a branch with no sampled token has nothing to train."""
+    out: list[TrainSample] = []
+    excluded = 0
+    for t, g in zip(trajs, group_ids):
+        if t.stop_reason == "error":
+            excluded += 1
+            continue
+        out.extend(s for s in t.to_samples(group_id=g) if s.num_sampled)
+    return out, excluded
+
+
 class EpisodeSource:
     """Pool tasks -> allocator counts -> episodes through the agent loop -> groups of samples.
 
@@ -95,16 +109,15 @@ class EpisodeSource:
             return trajs, index, [t.reward for t in trajs]
 
         trajs, index, rewards, counts = allocate_rollouts(rl, self.pool, prompt_idx, seed, sample)
-        self.pool.update(prompt_idx, index, rewards)
-        samples: list[TrainSample] = []
-        kept_trajs: list[Trajectory] = []
+        ok = [k for k, t in enumerate(trajs) if t.stop_reason != "error"]  # a crash says nothing about the task
+        self.pool.update(prompt_idx, [index[k] for k in ok], np.asarray([rewards[k] for k in ok]))
         order = sorted(range(len(trajs)), key=lambda k: index[k])  # groups contiguous, in prompt order
-        for k in order:
-            for s in trajs[k].to_samples(group_id=int(prompt_idx[index[k]])):
-                samples.append(s)
-            kept_trajs.append(trajs[k])
+        kept_trajs = [trajs[k] for k in order]
+        samples, excluded = trainable_samples(kept_trajs, [int(prompt_idx[index[k]]) for k in order])
         self.last = (prompt_idx, [index[k] for k in order], kept_trajs)
-        return RolloutGroups(samples, kept_trajs, np.asarray(counts), episode_metrics(kept_trajs))
+        m = episode_metrics(kept_trajs)
+        m["excluded_error_episodes"] = excluded
+        return RolloutGroups(samples, kept_trajs, np.asarray(counts), m)
 
     def state_dict(self) -> dict:
         return {"pool": self.pool.state_dict()}
@@ -181,8 +194,9 @@ class SelfVerificationSource:
                                   seed=int(ctx.rng.integers(2**31)))
         index = [i for i, c in enumerate(counts) for _ in range(int(c))]
         trajs = ctx.run([Episode(VerificationEnv(self.objective.reward), examples[i], None) for i in index])
-        samples = [s for k, t in zip(index, trajs) for s in t.to_samples(group_id=("verify", k))]
+        samples, excluded = trainable_samples(trajs, [("verify", k) for k in index])
         m = episode_metrics(trajs)
+        m["excluded_error_episodes"] = excluded
         m["step_kind"] = "verification"
         return RolloutGroups(samples, trajs, np.asarray(counts), m)
 

@@ -303,6 +303,12 @@ class Trainer:
         t0 = time.perf_counter()
         groups = self.source.next(self.step - self.config.sft.steps)  # 0-based RL step
         t_rollout = time.perf_counter() - t0
+        if not groups.samples:  # every episode crashed (or sampled nothing): nothing to learn from this step
+            self.engine.sync_weights(self.model)
+            r = [t.reward for t in groups.trajectories]
+            return {"updates": 0, "rollouts": 0, "response_tokens": 0, "time_rollout_s": t_rollout,
+                    "reward_mean": float(np.mean(r)) if r else 0.0, "tokens_per_s": 0.0,
+                    "skipped": "no trainable samples", **groups.metrics}
         batch = pack_samples(groups.samples, self.pad_id)
         targets, mask = batch.targets, batch.mask
         extra = self.objective.batch_inputs(batch, self._context())

@@ -433,3 +433,35 @@ def test_renderers_and_tokenizers_train_a_tool_env(tmp_path, renderer, tokenizer
     rows = tr.fit()
     tr.close()
     assert rows[-1]["phase"] == "rl" and rows[-1]["episodes"] == 8
+
+
+def test_a_crashing_environment_ends_its_episodes_not_the_run(tmp_path, monkeypatch):
+    """Environments that raise: those episodes end with reason `error`, are counted and left out of the batch (a crash
+    is not the policy's doing); a step where every episode crashed skips the update; the run goes on."""
+    from lckernels_rl.envs.kv_lookup import KVLookupEnv
+
+    real = KVLookupEnv.step
+    calls = {"n": 0}
+
+    def flaky(self, turn):
+        calls["n"] += 1
+        if calls["n"] % 2:
+            raise RuntimeError("tool backend down")
+        return real(self, turn)
+
+    monkeypatch.setattr(KVLookupEnv, "step", flaky)
+    rows = _run(kv_config(tmp_path, sft={"steps": 0}, rl={"steps": 2}))
+    rl = [r for r in rows if r["phase"] == "rl"]
+    assert len(rl) == 2
+    for r in rl:
+        assert r["stop_error"] == r["excluded_error_episodes"] > 0
+        assert r["rollouts"] == 8 - r["excluded_error_episodes"]  # one sample per surviving (unforked) episode
+
+    tr = Trainer(kv_config(tmp_path / "all", sft={"steps": 0}, rl={"steps": 1}))  # builds its pools with reset()
+    monkeypatch.setattr(KVLookupEnv, "reset", lambda self, seed=None, task=None: 1 / 0)
+    try:
+        rows = tr.fit()
+    finally:
+        tr.close()
+    assert rows[-1]["updates"] == 0 and rows[-1]["stop_error"] == 8 and rows[-1]["skipped"] == "no trainable samples"
+    assert math.isnan(rows[0]["eval_accuracy"]) or rows[0]["eval_accuracy"] == 0.0
