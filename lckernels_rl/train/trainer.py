@@ -102,6 +102,7 @@ class Trainer:
         from lckernels_rl.agents.renderer import make_renderer
 
         self.renderer = make_renderer(self.renderer_name, tok)
+        self.renderer.self_test()  # fail fast on a format that is not append-only (TemplateError)
         self.parser = self._parser(probe)
         probe.close()
         max_ctx = cfg.agent.max_context_tokens or int(self.model.config.max_position_embeddings)
