@@ -122,3 +122,50 @@ def test_rl_step_benchmark_runs_every_provider(tmp_path):
     table = bench.format_table(rows)
     assert "step-1 batch identical across providers" in table and all(p in table for p in provs)
     assert R.unavailable("hf-grouped_mm", {**R.DEFAULTS, "config": "qwen3_moe"}) is None
+
+
+def test_rl_step_presets_and_variants():
+    """Parameters left at their default take the config's preset; an explicit value wins; the V=32000 variant is
+    Qwen3-MoE with the model changes on top (no trainer is built)."""
+    from benchmarks.ops import rl_step as R
+
+    def resolved(config, **kw):
+        p = R.resolve_params({**R.DEFAULTS, "config": config, **kw})
+        return p["prompts"], p["rollouts"], p["expert_ffn"], p["sft"]
+
+    assert resolved("default") == (32, 256, 0, 0)
+    assert resolved("agent_kv_lookup") == (16, 128, 0, 100)
+    assert resolved("agent_kv_lookup", sft=0, prompts=2) == (2, 128, 0, 0)
+    assert resolved("qwen3_moe_v32k") == (4, 32, 256, 0)
+    inp = R.make_inputs(512, {**R.DEFAULTS, "config": "qwen3_moe_v32k"})
+    model = inp.config["model"]
+    assert inp.arch == "qwen3_moe" and inp.state is None
+    assert (model["tokenizer"], model["vocab_size"]) == ("bpe", 32000)
+    assert model["overrides"] == {"num_experts": 64, "num_experts_per_tok": 8, "num_hidden_layers": 2,
+                                  "hidden_size": 512, "moe_intermediate_size": 256}
+    assert (inp.config["rl"]["prompts_per_step"], inp.config["rl"]["rollouts_per_step"]) == (4, 32)
+    assert R.unavailable("hf-grouped_mm", {**R.DEFAULTS, "config": "qwen3_moe_v32k"}) is None
+    assert "lm_head 32000" in R.describe({**R.DEFAULTS, "config": "qwen3_moe_v32k"})
+    kv = R.make_inputs(48, {**R.DEFAULTS, "config": "agent_kv_lookup", "sft": 0})
+    assert kv.config["model"]["overrides"]["hidden_size"] == 48 and kv.config["agent"]["parser"] == "compact"
+    assert R.unavailable("hf-grouped_mm", {**R.DEFAULTS, "config": "agent_kv_lookup"})
+
+
+def test_rl_step_multi_turn_config_with_warm_start(tmp_path):
+    """agent_kv_lookup at a toy size, with a 2-step supervised warm-up shared by the providers: same step-1 batch."""
+    from benchmarks.ops import rl_step as R
+
+    provs = ["lckernels-fused", "hf-eager"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        inp = R.make_inputs(32, {**R.DEFAULTS, "config": "agent_kv_lookup", "prompts": 2, "rollouts": 4, "sft": 2})
+        assert inp.state is not None and inp.config["sft"]["steps"] == 0
+        rows = bench.run("rl_step", hidden=[32], config="agent_kv_lookup", prompts=2, rollouts=4, sft=2,
+                         providers=provs, repeats=1, warmup=0, memory=False, out=tmp_path / "r.csv", plot_dir=None,
+                         device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    tok = {r["provider"]: r for r in rows if r["metric"] == "tokens_per_s"}
+    assert set(tok) == set(provs) and len({r["step1"] for r in tok.values()}) == 1
+    assert "sft=2" in rows[0]["config"] and "step-1 batch identical" in bench.format_table(rows)

@@ -2,16 +2,36 @@
 
 Each provider is a :class:`lckernels_rl.train.Trainer` built from a bundled config (``config``, default
 ``configs/default.yaml``: the tiny LongCat-Flash MoE on 2-digit addition), with the same seed, so every provider
-starts from the same weights and samples the same batch at step 1.  A call is ``Trainer.fit(max_steps=1)``: sample
-``rollouts`` responses to ``prompts`` prompts with HF ``generate``, score them, then the update (policy forward,
-loss, backward, gradient norms, clipping, AdamW).  The benchmark settings replace the config's: no supervised warm-up
-(``sft.steps=0``; the policy is the random init), no evaluation, checkpoints, plots or progress bar, the output in a
-temporary folder, ``threads=0`` (the harness's torch threads).  Each trainer runs one untimed RL step when it is built
-(the first step allocates the optimizer state); the harness's ``--warmup`` steps follow.
+starts from the same weights and samples the same batch at step 1.  A call is ``Trainer.fit(max_steps=1)``: the
+trainer's rollout source samples ``rollouts`` episodes of ``prompts`` tasks (HF ``generate`` through the agent loop;
+one turn for the text tasks, several for tool tasks), scores them, then the update (policy forward, loss, backward,
+gradient norms, clipping, AdamW).  The benchmark settings replace the config's: no supervised warm-up in the
+trainers (``sft.steps=0``; see ``sft`` below), no evaluation, checkpoints, plots or progress bar, the output in a
+temporary folder, ``threads=0`` (the harness's torch threads).  Each trainer runs one untimed RL step when it is
+built (the first step allocates the optimizer state); the harness's ``--warmup`` steps follow.
 
-Sweep: ``hidden`` = the model's ``hidden_size``, with the expert FFN size ``expert_ffn`` (0: the same as ``hidden``).
-The preset is 128 / 128.  The vocabulary cannot grow: the tokenizer is char-level (24 ids for the arithmetic task),
-so the LM head and the loss are small next to the MoE layers and the rollout.
+Configurations (``config``): a bundled config name or a YAML path, or a benchmark variant of one (:data:`VARIANTS`).
+Each has a preset (:data:`PRESETS`) for the parameters left at their default (``0``; ``sft``: ``-1``):
+
+* ``default``: LongCat-Flash MoE (MLA, 8 GEMM + 2 identity experts, top-2) on 2-digit addition, char vocab
+  (24 ids), at most 4 new tokens.  32 prompts x 256 rollouts (in all, 8 per prompt).
+* ``qwen3_moe``: Qwen3-MoE (GQA, 8 experts, top-2), the same task.  32 x 256.
+* ``agent_kv_lookup``: LongCat-Flash on the multi-turn ``kv_lookup`` tool task (compact parser ``@lookup(key=ab)``,
+  up to 4 turns of at most 20 tokens, a 128-token context, tool outputs masked out of the loss).  16 x 128 (the
+  config's) after a 100-step supervised warm-up (``sft=100``): the random init never calls the tool, the warmed-up
+  policy does in ~85-90% of the episodes (~1.8 turns each).
+* ``qwen3_moe_v32k`` (a :data:`VARIANTS` entry): ``qwen3_moe`` with 64 experts top-8, 2 layers, a byte-level BPE
+  tokenizer (302 ids on this task) and the lm_head padded to ``model.vocab_size`` 32000; expert FFN 256; meant for
+  ``--hidden 512``.  4 x 32 (8 rollouts per prompt, at most 128 response tokens: seconds per step).
+
+Other configs get 32 x 256 and no warm-up.
+
+Sweep: ``hidden`` = the model's ``hidden_size`` (a model override, on every config), with the expert FFN size
+``expert_ffn`` (0: the preset's, else the same as ``hidden``).  The default sweep is 128 / 256.  ``sft``: supervised
+warm-up steps (``-1``: the preset's; ``0``: the random init).  The warm-up runs once per sweep point, in
+:func:`make_inputs`, with the config's SFT settings on the default (lckernels) kernels; every provider's trainer
+starts from its weights (loaded before its first step), so the providers still start from the same weights.  It is
+neither timed nor part of the measured peak memory.
 
 Providers (one mode, ``step``):
 
@@ -22,21 +42,24 @@ Providers (one mode, ``step``):
   (MoE experts, routing, the fused loss, grad norms) on the readable PyTorch reference path.
 * ``hf-grouped_mm``       -- anchor: transformers' ``grouped_mm`` experts and ``rl.loss=per_token`` (logits,
   ``log_softmax``, the per-token objective).  transformers (5.x) has no ``grouped_mm`` for LongCat-Flash's experts
-  (``LongcatFlashExperts`` does not use ``@use_experts_implementation``), so it is left out with a note for
-  ``config=default``; ``--config qwen3_moe`` has it.
+  (``LongcatFlashExperts`` does not use ``@use_experts_implementation``), so it is left out with a note for the
+  LongCat-Flash configs (``default``, ``agent_kv_lookup``); the Qwen3-MoE ones have it.
 * ``hf-eager``            -- anchor: transformers' ``eager`` experts (the per-expert loop) and ``rl.loss=per_token``.
 
 There is no physical-limit provider: the floor of a step with a free update is its rollout, which every row reports
 (``rollout_time``).
 
 Metrics besides the harness's ``time`` (ms per ``fit(max_steps=1)`` call), from the same timed steps
-(:func:`extra_metrics`): ``tokens_per_s`` (response tokens / the step's wall time), ``rollout_time`` (sampling and
-scoring: the trainer's ``time_rollout_s``) and ``update_time`` (the rest of the step: packing, loss, backward, norms,
-optimizer).  Responses end at EOS or ``max_new_tokens``, so the token count varies a little from step to step and
-between providers after step 1 (their weights may drift apart by rounding); tokens/s is the comparable number.
+(:func:`extra_metrics`): ``tokens_per_s`` (response tokens -- the tokens the policy sampled, tool outputs excluded
+-- / the step's wall time), ``rollout_time`` (sampling and scoring: the trainer's ``time_rollout_s``) and
+``update_time`` (the rest of the step: packing, loss, backward, norms, optimizer).  Responses end at EOS, at the
+turn / token budget or when the episode ends, so the token count varies a little from step to step and between
+providers after step 1 (their weights may drift apart by rounding); tokens/s is the comparable number.
 
 The providers of one point are timed round-robin in one process.  Each keeps its own torch / Python RNG state
-(swapped in around its calls), so the interleaving does not change what it samples.
+(swapped in around its calls), so the interleaving does not change what it samples.  Every step's sampled token ids
+are fingerprinted where the trainer's rollout source returns them (:attr:`RLStep.batches`), and the table checks
+that step 1's are identical across providers.
 """
 
 from __future__ import annotations
@@ -59,12 +82,30 @@ from ..common import _timing
 
 OP = "rl_step"
 X_NAME = "hidden"
-DEFAULTS = {"hidden": [128, 256], "expert_ffn": 0, "prompts": 32, "rollouts": 256, "config": "default", "seed": 0}
+# 0 (sft: -1) = the config's preset (PRESETS); the CLI passes every default, so a preset cannot be a default here
+DEFAULTS = {"hidden": [128, 256], "expert_ffn": 0, "prompts": 0, "rollouts": 0, "sft": -1, "config": "default",
+            "seed": 0}
 MODES = ("step",)
 ANCHOR = "hf-grouped_mm"
 LIMIT = None  # no limit provider; see the module docstring
 REFERENCE = "lckernels-reference"
-WARMUP_OVERRIDES = {"hidden": 32, "expert_ffn": 32, "prompts": 2, "rollouts": 4}  # memory subprocess's first call
+# the memory subprocess's first call (loads libraries and thread pools)
+WARMUP_OVERRIDES = {"hidden": 32, "expert_ffn": 32, "prompts": 2, "rollouts": 4, "sft": 0}
+
+# Benchmark variants of a bundled config: name -> (base config, deep-merged changes).  Model overrides that the sweep
+# sets (hidden_size, the expert FFN size) are left to it.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "qwen3_moe_v32k": ("qwen3_moe", {"model": {"tokenizer": "bpe", "vocab_size": 32000, "overrides": {
+        "num_experts": 64, "num_experts_per_tok": 8, "num_hidden_layers": 2}}}),
+}
+# Per config: the values of the parameters left at their default (0, sft -1).  FALLBACK for any other config.
+FALLBACK = {"prompts": 32, "rollouts": 256, "sft": 0}
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "qwen3_moe": {},
+    "agent_kv_lookup": {"prompts": 16, "rollouts": 128, "sft": 100},  # the config's batch; sft: the tool gets called
+    "qwen3_moe_v32k": {"prompts": 4, "rollouts": 32, "expert_ffn": 256},  # 8 rollouts per prompt: seconds a step
+}
 
 # config key of the expert FFN size per model arch
 _EXPERT_FFN_KEY = {"longcat_flash": "expert_ffn_hidden_size", "qwen3_moe": "moe_intermediate_size"}
@@ -93,25 +134,51 @@ PROVIDERS: dict[str, Provider] = {
 @dataclass
 class Inputs:
     """The trainer config of one sweep point, as a dict for ``TrainConfig.from_dict`` (without the provider's
-    settings and the output folder, which :func:`make_fn` fills in)."""
+    settings and the output folder, which :func:`make_fn` fills in), and the warmed-up weights every provider's
+    policy starts from (``state``)."""
 
     config: dict
     arch: str
     hidden: int
+    state: dict | None = None  # the policy weights after the supervised warm-up (None: no warm-up)
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = _merge(out.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
 
 
 def _load_yaml(name: str) -> dict:
+    """The config ``name`` as a dict: a :data:`VARIANTS` entry, a bundled config name or a YAML path."""
     import yaml
 
     from lckernels_rl.train.config import resolve_config_path
 
-    with open(resolve_config_path(name)) as f:
-        return yaml.safe_load(f) or {}
+    base, changes = VARIANTS.get(name, (name, {}))
+    with open(resolve_config_path(base)) as f:
+        return _merge(yaml.safe_load(f) or {}, changes)
+
+
+def resolve_params(params: dict) -> dict:
+    """``params`` with the ones left at their default (``prompts`` / ``rollouts`` / ``expert_ffn`` 0, ``sft`` -1)
+    replaced by the config's preset (:data:`PRESETS`; ``expert_ffn`` stays 0 = the same as ``hidden`` where the
+    preset has none)."""
+    preset = {**FALLBACK, **PRESETS.get(str(params["config"]), {})}
+    out = dict(params)
+    for k in ("prompts", "rollouts", "expert_ffn"):
+        if not int(out.get(k) or 0):
+            out[k] = int(preset.get(k, 0))
+    if int(out.get("sft", -1)) < 0:
+        out["sft"] = int(preset["sft"])
+    return out
 
 
 def make_inputs(x: int, params: dict, device: str = "cpu") -> Inputs:
     if torch.device(device).type != "cpu":
         raise ValueError(f"{OP}: the trainer runs on CPU; got device {device!r}")
+    params = resolve_params(params)
     data = _load_yaml(str(params["config"]))
     model = dict(data.get("model") or {})
     arch = model.get("arch", "longcat_flash")
@@ -129,7 +196,30 @@ def make_inputs(x: int, params: dict, device: str = "cpu") -> Inputs:
             "rollouts_per_step": int(params["rollouts"])},
         log={"checkpoint_every": 0, "eval_every": 0, "plots": False, "progress": False},
     )
-    return Inputs(data, arch, hidden)
+    warm = data["sft"]
+    state = _warm_start({**data, "sft": {**warm, "steps": int(params["sft"])}}) if int(params["sft"]) > 0 else None
+    return Inputs(data, arch, hidden, state)
+
+
+def _warm_start(data: dict) -> dict:
+    """The policy weights after ``data['sft']['steps']`` supervised steps of a trainer built from ``data`` (the
+    default kernels and experts implementation), with the caller's torch / Python RNG state left as it was."""
+    from lckernels_rl.train.config import TrainConfig
+    from lckernels_rl.train.trainer import Trainer
+
+    out_dir = tempfile.mkdtemp(prefix="lck-bench-rl-step-sft-")
+    rng = (torch.get_rng_state(), random.getstate())
+    try:
+        trainer = Trainer(TrainConfig.from_dict({**data, "log": {**data["log"], "output_dir": out_dir}}))
+        try:
+            trainer.fit(max_steps=int(data["sft"]["steps"]))
+            return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        finally:
+            trainer.close()
+    finally:
+        torch.set_rng_state(rng[0])
+        random.setstate(rng[1])
+        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------- the step
@@ -161,6 +251,8 @@ class RLStep:
         self.batches: list[str] = []  # batch_fingerprint of each step's sampled responses
         with self._own_state():
             self.trainer = Trainer(TrainConfig.from_dict(data))
+            if inputs.state is not None:  # the shared warm-up (before the first step builds the rollout engine)
+                self.trainer.model.load_state_dict(inputs.state)
         source_next = self.trainer.source.next  # observe each step's sampled batch (behaviour unchanged)
 
         def observed_next(step):
@@ -229,7 +321,7 @@ def available_providers(device: str = "cpu") -> list[str]:
 
 def unavailable(provider: str, params: dict) -> str | None:
     """Why ``provider`` cannot run with ``params`` (``None`` if it can)."""
-    if PROVIDERS[provider].experts == "grouped_mm":
+    if PROVIDERS[provider].experts == "grouped_mm":  # (the variants keep their base config's arch)
         arch = (_load_yaml(str(params["config"])).get("model") or {}).get("arch", "longcat_flash")
         if not _grouped_mm_supported(arch):
             return f"transformers has no grouped_mm experts for arch {arch!r} (config {params['config']!r})"
@@ -260,9 +352,14 @@ def extra_metrics(fn: RLStep, timing) -> list[dict]:
 
 
 def describe(params: dict) -> str:
+    params = resolve_params(params)
     ffn = params["expert_ffn"] or "hidden"
-    return (f"config={params['config']} expert_ffn={ffn} prompts={params['prompts']} rollouts={params['rollouts']} "
-            f"seed={params['seed']} (char vocab)")
+    model = _load_yaml(str(params["config"])).get("model") or {}
+    vocab = f"{model.get('tokenizer', 'char')} vocab" + (f", lm_head {model['vocab_size']}"
+                                                          if model.get("vocab_size") else "")
+    sft = f" sft={params['sft']}" if params["sft"] else ""
+    return (f"config={params['config']} expert_ffn={ffn} prompts={params['prompts']} rollouts={params['rollouts']}"
+            f"{sft} seed={params['seed']} ({vocab})")
 
 
 def _speedup(num: float | None, den: float | None) -> str:
@@ -316,6 +413,6 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-__all__ = ["OP", "X_NAME", "DEFAULTS", "MODES", "ANCHOR", "LIMIT", "PROVIDERS", "WARMUP_OVERRIDES", "Inputs",
-           "RLStep", "make_inputs", "make_fn", "available_providers", "unavailable", "extra_metrics", "describe",
-           "format_rows", "batch_fingerprint"]
+__all__ = ["OP", "X_NAME", "DEFAULTS", "MODES", "ANCHOR", "LIMIT", "PROVIDERS", "WARMUP_OVERRIDES", "VARIANTS",
+           "PRESETS", "Inputs", "RLStep", "resolve_params", "make_inputs", "make_fn", "available_providers",
+           "unavailable", "extra_metrics", "describe", "format_rows", "batch_fingerprint"]
