@@ -24,11 +24,18 @@ class HFGenerateBackend:
         batch_size: the most sequences per ``generate`` call (memory bound; 0 = all at once).
         greedy: decode greedily instead of sampling (evaluation; ``temperature`` then only scales the log-probs,
             and no RNG is touched).
+        vocab_limit: sample only ids below it (the tokenizer's size when the lm_head is padded beyond it: padded
+            rows are no token); the returned log-probs are those of that masked distribution.
     """
 
-    def __init__(self, model, *, eos_token_id: int, pad_token_id: int, batch_size: int = 0, greedy: bool = False):
+    def __init__(self, model, *, eos_token_id: int, pad_token_id: int, batch_size: int = 0, greedy: bool = False,
+                 vocab_limit: int | None = None):
         self.model = model
         self.greedy = bool(greedy)
+        v = int(model.config.vocab_size) if hasattr(model, "config") else None
+        if vocab_limit is not None and (vocab_limit < 1 or (v is not None and vocab_limit > v)):
+            raise ValueError(f"HFGenerateBackend: `vocab_limit` must be in [1, vocab_size={v}]; got {vocab_limit}")
+        self.vocab_limit = None if vocab_limit is None or vocab_limit == v else int(vocab_limit)
         self.eos_token_id = int(eos_token_id)
         self.pad_token_id = int(pad_token_id)
         self.batch_size = int(batch_size)
@@ -65,12 +72,16 @@ class HFGenerateBackend:
         width = ids.shape[1]
         sampling = dict(do_sample=False) if self.greedy else dict(do_sample=True, temperature=temperature, top_k=0,
                                                                    top_p=1.0)
+        if self.vocab_limit is not None:
+            sampling["suppress_tokens"] = list(range(self.vocab_limit, int(self.model.config.vocab_size)))
         gen = self.model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), **sampling,
             max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id, return_dict_in_generate=True, output_logits=True)
         new = gen.sequences[:, width:].cpu()
         logits = torch.stack(gen.logits, 1).float().cpu()[:, :new.shape[1]]  # [B, steps, V], raw (unprocessed)
+        if self.vocab_limit is not None:  # the distribution that was sampled: padded rows excluded
+            logits[..., self.vocab_limit:] = float("-inf")
         lp = torch.log_softmax(logits / temperature, -1).gather(-1, new[..., None]).squeeze(-1)
         for r, i in enumerate(index):
             toks = new[r].tolist()

@@ -465,3 +465,23 @@ def test_a_crashing_environment_ends_its_episodes_not_the_run(tmp_path, monkeypa
         tr.close()
     assert rows[-1]["updates"] == 0 and rows[-1]["stop_error"] == 8 and rows[-1]["skipped"] == "no trainable samples"
     assert math.isnan(rows[0]["eval_accuracy"]) or rows[0]["eval_accuracy"] == 0.0
+
+
+def test_padded_vocabulary_rows_are_never_sampled(tmp_path):
+    """model.vocab_size beyond the tokenizer: the padding rows of the lm_head are no token; rollouts never sample
+    them and the engine's log-probs are those of the masked distribution (normalized over real ids)."""
+    tr = Trainer(tiny_config(tmp_path, model={"vocab_size": 4096}, sft={"steps": 0}))
+    n = len(tr.tokenizer)
+    tr._enter_phase("rl")
+    from lckernels_rl.agents.loop import Episode
+
+    trajs = tr._run_sampling([Episode(tr.make_env(), None, i) for i in range(16)])
+    ids = [t for tj in trajs for s in tj.turn_segments() for t in s.ids]
+    assert ids and max(ids) < n  # without the mask a random 4096-row head samples ids >= n almost always
+    with torch.no_grad():
+        seg = trajs[0].turn_segments()[0]
+        ctx = trajs[0].segments[0].ids
+        logits = tr.model(torch.tensor([ctx + seg.ids])).logits[0, len(ctx) - 1:-1].float()
+        logits[:, n:] = float("-inf")
+        ref = torch.log_softmax(logits, -1).gather(-1, torch.tensor(seg.ids)[:, None]).squeeze(-1)
+    torch.testing.assert_close(torch.tensor(seg.logprobs), ref, atol=1e-4, rtol=1e-4)
