@@ -24,8 +24,10 @@ class HFGenerateBackend:
         batch_size: the most sequences per ``generate`` call (memory bound; 0 = all at once).
         greedy: decode greedily instead of sampling (evaluation; ``temperature`` then only scales the log-probs,
             and no RNG is touched).
-        vocab_limit: sample only ids below it (the tokenizer's size when the lm_head is padded beyond it: padded
-            rows are no token); the returned log-probs are those of that masked distribution.
+        vocab_limit: sample only ids below it (e.g. the tokenizer's size when the lm_head is padded beyond it);
+            the returned log-probs are those of that masked distribution.  Off by default: the trainer's loss is a
+            softmax over every lm_head row (as vLLM samples over the model's whole ``vocab_size``), so masking here
+            is a deliberate train/inference mismatch that rollout corrections (TIS, HisPO's masks) then see.
     """
 
     def __init__(self, model, *, eos_token_id: int, pad_token_id: int, batch_size: int = 0, greedy: bool = False,

@@ -207,10 +207,8 @@ class Trainer:
         if phase == "rl":
             self._make_teacher()
             if self.engine is None:
-                args = dict(self.config.rollout.args)
-                if self.config.rollout.backend == "hf":  # never sample the lm_head's padding rows
-                    args.setdefault("vocab_limit", len(self.tokenizer))
-                backend = make_backend(self.config.rollout.backend, self.model, self.tokenizer, **args)
+                backend = make_backend(self.config.rollout.backend, self.model, self.tokenizer,
+                                       **self.config.rollout.args)
                 self.engine = BackendEngine(backend, stop_token_ids=self.renderer.stop_token_ids)
             self.engine.sync_weights(self.model)
 
@@ -374,8 +372,7 @@ class Trainer:
         ``(reward, episode metrics)``."""
         if self.eval_pool is None:
             return (math.nan, {}) if return_metrics else math.nan
-        backend = HFGenerateBackend(self.model, eos_token_id=self.eos_id, pad_token_id=self.pad_id, greedy=True,
-                                    vocab_limit=len(self.tokenizer))
+        backend = HFGenerateBackend(self.model, eos_token_id=self.eos_id, pad_token_id=self.pad_id, greedy=True)
         engine = BackendEngine(backend, stop_token_ids=self.renderer.stop_token_ids)
         eps = [Episode(self.make_env(), None, self.eval_pool.seed(i)) for i in range(self.eval_pool.size)]
         trajs = self._loop(engine).run_batch(eps)

@@ -467,11 +467,13 @@ def test_a_crashing_environment_ends_its_episodes_not_the_run(tmp_path, monkeypa
     assert math.isnan(rows[0]["eval_accuracy"]) or rows[0]["eval_accuracy"] == 0.0
 
 
-def test_padded_vocabulary_rows_are_never_sampled(tmp_path):
-    """model.vocab_size beyond the tokenizer: the padding rows of the lm_head are no token; rollouts never sample
-    them and the engine's log-probs are those of the masked distribution (normalized over real ids)."""
-    tr = Trainer(tiny_config(tmp_path, model={"vocab_size": 4096}, sft={"steps": 0}))
-    n = len(tr.tokenizer)
+def test_padded_vocabulary_rows_can_be_masked_from_sampling(tmp_path):
+    """model.vocab_size beyond the tokenizer with rollout.args.vocab_limit: the padding rows of the lm_head are never
+    sampled and the engine's log-probs are those of the masked distribution (normalized over real ids)."""
+    cfg = tiny_config(tmp_path, model={"vocab_size": 4096}, sft={"steps": 0}, rollout={"args": {"vocab_limit": 24}})
+    tr = Trainer(cfg)
+    assert len(tr.tokenizer) <= 24
+    n = 24
     tr._enter_phase("rl")
     from lckernels_rl.agents.loop import Episode
 
