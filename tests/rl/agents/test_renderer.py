@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-from lckernels_rl.agents.renderer import (PLAIN_CHAT_TOKENS, HFChatRenderer, PlainChatRenderer,  # noqa: E402
+from lckernels_rl.agents.renderer import (CHATML_TEMPLATE, PLAIN_CHAT_TOKENS, HFChatRenderer, PlainChatRenderer,  # noqa: E402
                                           RawRenderer, Renderer, TemplateError, make_renderer)
 from lckernels_rl.agents.types import Message, ToolSpec  # noqa: E402
 from lckernels_rl.models import build_char_tokenizer  # noqa: E402
@@ -54,24 +54,9 @@ def plain_char_tokenizer():
 CHATML_SPECIALS = ("<pad>", "<|endoftext|>", "<unk>", "<|im_start|>", "<|im_end|>")
 PAD, EOT, UNK, IM_START, IM_END = range(5)
 
-# ChatML as in Qwen2.5 (tools listed in the system message, each turn closed by "<|im_end|>\n")
-CHATML = (
-    "{%- if tools %}"
-    "{{- '<|im_start|>system\\n' }}"
-    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n' }}{%- endif %}"
-    "{{- '# Tools' }}"
-    "{%- for t in tools %}{{- '\\n' + (t | tojson) }}{%- endfor %}"
-    "{{- '<|im_end|>\\n' }}"
-    "{%- elif messages and messages[0].role == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for m in messages %}"
-    "{%- if not (m.role == 'system' and loop.first) %}"
-    "{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+# ChatML as in Qwen2.5 (tools listed in the system message, each turn closed by "<|im_end|>\n"): the library's own
+# template for its tokenizers, used here as the input format under test
+CHATML = CHATML_TEMPLATE
 
 # like Qwen3: assistant turns before the last user query lose their <think> block
 CHATML_STRIP_THINK = (
