@@ -12,8 +12,8 @@ pytest.importorskip("transformers")
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-from lckernels_rl.agents.renderer import (CHATML_TEMPLATE, PLAIN_CHAT_TOKENS, HFChatRenderer, PlainChatRenderer,  # noqa: E402
-                                          RawRenderer, Renderer, TemplateError, make_renderer)
+from lckernels_rl.agents.renderer import (CHATML_TEMPLATE, PLAIN_CHAT_TOKENS, HFChatRenderer,  # noqa: E402
+                                          PlainChatRenderer, RawRenderer, Renderer, TemplateError, make_renderer)
 from lckernels_rl.agents.types import Message, ToolSpec  # noqa: E402
 from lckernels_rl.models import build_char_tokenizer  # noqa: E402
 
