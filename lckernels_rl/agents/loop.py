@@ -309,43 +309,40 @@ class AgentLoop:
             return
         try:
             verdict = s.ep.env.verify(t)
+            spans = self._token_spans(t, verdict.spans)  # a bad span is the environment's error, not the run's
         except Exception:
             self._fail(s, "verify")
             t.reward, t.components = 0.0, {}
             return
         t.reward = float(verdict.reward)
         t.components = {k: float(v) for k, v in verdict.components.items()}
-        t.spans = self._token_spans(t, verdict.spans)
+        t.spans = spans
 
     def _token_spans(self, t: Trajectory, spans: dict) -> dict[str, list[tuple[int, int]]]:
         """(turn, char_start, char_end) of the decoded turn text -> token ranges of the ledger: every token whose
-        decoded characters overlap the range."""
+        decoded characters overlap the range (``char_end=None``: from the first such token to the end of the turn,
+        its stop token included)."""
         if not spans:
             return {}
         turns, offsets = t.turn_segments(), t.turn_offsets()
+        ends_of: dict[int, list[int]] = {}  # per turn: decoded length after each token
         out: dict[str, list[tuple[int, int]]] = {}
         for name, ranges in spans.items():
             for turn, cs, ce in ranges:
                 if not 0 <= turn < len(turns):
                     raise ValueError(f"verdict span {name!r}: turn {turn} out of range ({len(turns)} turns)")
-                seg, base = turns[turn], offsets[turn]
-                if ce is None:
-                    first = self._char_to_token(seg.ids, cs)
-                    out.setdefault(name, []).append((base + first, base + len(seg.ids)))
-                    continue
-                ends = [len(self.tokenizer.decode(seg.ids[:k + 1], skip_special_tokens=True))
-                        for k in range(len(seg.ids))]
+                ids, base = turns[turn].ids, offsets[turn]
+                if turn not in ends_of:
+                    ends_of[turn] = [len(self.tokenizer.decode(ids[:k + 1], skip_special_tokens=True))
+                                     for k in range(len(ids))]
+                ends = ends_of[turn]
                 starts = [0] + ends[:-1]
-                toks = [k for k in range(len(seg.ids)) if starts[k] < ce and ends[k] > cs]
-                if toks:
+                toks = [k for k in range(len(ids)) if ends[k] > cs and (ce is None or starts[k] < ce)]
+                if ce is None:
+                    out.setdefault(name, []).append((base + (toks[0] if toks else len(ids)), base + len(ids)))
+                elif toks:
                     out.setdefault(name, []).append((base + toks[0], base + toks[-1] + 1))
         return out
-
-    def _char_to_token(self, ids: list[int], cs: int) -> int:
-        for k in range(len(ids)):
-            if len(self.tokenizer.decode(ids[:k + 1], skip_special_tokens=True)) > cs:
-                return k
-        return len(ids)
 
 
 def _zero_metrics() -> dict:

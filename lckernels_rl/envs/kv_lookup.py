@@ -118,8 +118,7 @@ class KVLookupEnv(ToolEnv):
         return {"table": self.table, "question": self.question, "looked_up": sorted(self.looked_up)}
 
     def demonstration(self, messages: Sequence[Message]) -> Optional[str]:
-        answered = {m.content for m in messages if m.role == "tool" and not m.is_error}
-        if not any(m.role == "tool" for m in messages) or len(answered) == 0:
+        if not any(m.role == "tool" and not m.is_error for m in messages):  # nothing looked up yet
             return self._parser.format_calls([("lookup", {"key": k}) for k in self.question])
         return self.answer_text
 

@@ -120,3 +120,37 @@ def test_registry_wraps_text_envs():
     assert msgs[0].role == "user" and msgs[0].content == ArithmeticEnv(max_value=9).reset(seed=1)[0]
     with pytest.raises(ValueError, match="available: arithmetic, kv_lookup"):
         make_tool_env("chess")
+
+
+class SpanEnv(KVLookupEnv):
+    """kv_lookup whose verdict marks two spans of the final turn: characters 1..3, and from character 2 to the end."""
+
+    def verify(self, trajectory):
+        v = super().verify(trajectory)
+        turn = trajectory.num_turns - 1
+        v.spans = {"mid": [(turn, 1, 3)], "tail": [(turn, 2, None)]}
+        return v
+
+
+def test_verdict_spans_map_to_token_ranges_and_a_bad_span_is_an_episode_error():
+    tok = build_char_tokenizer(KVLookupEnv.alphabet, extra_special_tokens=PLAIN_CHAT_TOKENS)
+    renderer = make_renderer("plain", tok)
+    eos = tok.eos_token_id
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    engine = ScriptedEngine([enc("abcd") + [eos]], stop_token_ids=[eos])
+    env = SpanEnv()
+    traj = AgentLoop(engine, renderer, "compact", Budget()).run(env, task=TASK)
+    p = len(traj.segments[0].ids)  # the answer turn starts right after the prompt; one char = one token
+    assert traj.spans == {"mid": [(p + 1, p + 3)], "tail": [(p + 2, p + 5)]}  # tail: "cd" and the stop token
+    sample = traj.to_sample()
+    assert sample.span_mask("mid")[p:p + 5] == [0, 1, 1, 0, 0]
+
+    class BadSpan(KVLookupEnv):
+        def verify(self, trajectory):
+            v = super().verify(trajectory)
+            v.spans = {"x": [(7, 0, 1)]}  # there is no turn 7
+            return v
+
+    engine = ScriptedEngine([enc("7") + [eos]], stop_token_ids=[eos])
+    traj = AgentLoop(engine, renderer, "compact", Budget()).run(BadSpan(), task=TASK)
+    assert traj.stop_reason == "error" and "turn 7 out of range" in traj.error and traj.reward == 0.0
