@@ -23,6 +23,15 @@ __all__ = ["GenerationRequest", "Generation", "Engine", "BackendEngine", "Script
 FINISH_REASONS = ("stop", "length")
 
 
+def _cut(ids: Sequence[int], budget: int, stop_ids: set) -> tuple[int, str]:
+    """How many of ``ids`` a turn keeps and why it ends: through the first stop id within ``budget`` (``"stop"``),
+    else the first ``budget`` ids (``"length"``)."""
+    for k, t in enumerate(ids[:budget]):
+        if t in stop_ids:
+            return k + 1, "stop"
+    return min(len(ids), budget), "length"
+
+
 @dataclass
 class GenerationRequest:
     """Sample one continuation of ``prompt_ids`` with at most ``max_new_tokens`` tokens.
@@ -107,11 +116,8 @@ class BackendEngine:
         return out  # type: ignore[return-value]
 
     def _finish(self, ids: list[int], lps: list[float], budget: int) -> Generation:
-        ids, lps = list(ids), list(lps)
-        for k, t in enumerate(ids[:budget]):
-            if t in self.stop_token_ids:
-                return Generation(ids[:k + 1], lps[:k + 1], "stop", self.version)
-        return Generation(ids[:budget], lps[:budget], "length", self.version)
+        n, finish = _cut(ids, budget, self.stop_token_ids)
+        return Generation(list(ids[:n]), list(lps[:n]), finish, self.version)
 
     def sync_weights(self, model) -> None:
         self.backend.sync_weights(model)
@@ -150,13 +156,8 @@ class ScriptedEngine:
                 if not self._queue:
                     raise RuntimeError("ScriptedEngine: the script has no turns left")
                 ids = self._queue.pop(0)
-            finish = "length"
-            for k, t in enumerate(ids[:r.max_new_tokens]):
-                if t in self.stop_token_ids:
-                    ids, finish = ids[:k + 1], "stop"
-                    break
-            else:
-                ids = ids[:r.max_new_tokens]
+            n, finish = _cut(ids, r.max_new_tokens, self.stop_token_ids)
+            ids = ids[:n]
             lps = list(self.logprob(r, ids)) if self.logprob is not None else [0.0] * len(ids)
             out.append(Generation(ids, lps, finish, self.version))
         return out

@@ -23,7 +23,7 @@ from lckernels_rl.agents.loop import Episode
 from lckernels_rl.agents.trajectory import TrainSample, Trajectory
 from lckernels_rl.agents.types import Message
 from lckernels_rl.envs.tool_env import StepResult, ToolEnv, Verdict
-from lckernels_rl.rollout.engine import Generation, GenerationRequest
+from lckernels_rl.rollout.engine import GenerationRequest, ScriptedEngine
 
 from .allocation import PromptPool, allocate_rollouts
 
@@ -33,13 +33,14 @@ __all__ = ["RolloutGroups", "SourceContext", "trainable_samples", "EpisodeSource
 
 @dataclass
 class RolloutGroups:
-    """One step's samples (flat, each group contiguous), the trajectories they came from, the per-task counts and
-    the source's metrics."""
+    """One step's samples (flat, each group contiguous), the trajectories they came from with the group id of each,
+    the per-task counts and the source's metrics."""
 
     samples: list[TrainSample]
     trajectories: list[Trajectory]
     counts: np.ndarray
     metrics: dict = field(default_factory=dict)
+    group_ids: list = field(default_factory=list)
 
     @property
     def rewards(self) -> np.ndarray:
@@ -113,11 +114,11 @@ class EpisodeSource:
         self.pool.update(prompt_idx, [index[k] for k in ok], np.asarray([rewards[k] for k in ok]))
         order = sorted(range(len(trajs)), key=lambda k: index[k])  # groups contiguous, in prompt order
         kept_trajs = [trajs[k] for k in order]
-        samples, excluded = trainable_samples(kept_trajs, [int(prompt_idx[index[k]]) for k in order])
-        self.last = (prompt_idx, [index[k] for k in order], kept_trajs)
+        group_ids = [int(prompt_idx[index[k]]) for k in order]  # the task's pool index
+        samples, excluded = trainable_samples(kept_trajs, group_ids)
         m = episode_metrics(kept_trajs)
         m["excluded_error_episodes"] = excluded
-        return RolloutGroups(samples, kept_trajs, np.asarray(counts), m)
+        return RolloutGroups(samples, kept_trajs, np.asarray(counts), m, group_ids)
 
     def state_dict(self) -> dict:
         return {"pool": self.pool.state_dict()}
@@ -173,12 +174,12 @@ class SelfVerificationSource:
         return res
 
     def _remember(self, res: RolloutGroups) -> None:
-        prompt_idx, index, trajs = self.base.last
+        trajs = res.trajectories
         groups: dict[int, list[int]] = {}
-        for k, pi in enumerate(index):
-            groups.setdefault(pi, []).append(k)
+        for k, g in enumerate(res.group_ids):
+            groups.setdefault(g, []).append(k)
         final = [next((m.content for m in reversed(t.messages) if m.role == "assistant"), "") for t in trajs]
-        self.last_groups = ([self.base.pool.prompts[prompt_idx[pi]] for pi in groups],
+        self.last_groups = ([self.base.pool.prompts[g] for g in groups],
                             [[final[k] for k in ks] for ks in groups.values()],
                             [[bool(trajs[k].reward > 0) for k in ks] for ks in groups.values()])
 
@@ -194,11 +195,12 @@ class SelfVerificationSource:
                                   seed=int(ctx.rng.integers(2**31)))
         index = [i for i, c in enumerate(counts) for _ in range(int(c))]
         trajs = ctx.run([Episode(VerificationEnv(self.objective.reward), examples[i], None) for i in index])
-        samples, excluded = trainable_samples(trajs, [("verify", k) for k in index])
+        group_ids = [("verify", k) for k in index]
+        samples, excluded = trainable_samples(trajs, group_ids)
         m = episode_metrics(trajs)
         m["excluded_error_episodes"] = excluded
         m["step_kind"] = "verification"
-        return RolloutGroups(samples, trajs, np.asarray(counts), m)
+        return RolloutGroups(samples, trajs, np.asarray(counts), m, group_ids)
 
     def state_dict(self) -> dict:
         return {"base": self.base.state_dict(), "last_groups": self.last_groups}
@@ -212,7 +214,7 @@ class SelfVerificationSource:
         return self.base.pool
 
 
-class DemonstrationEngine:
+class DemonstrationEngine(ScriptedEngine):
     """An engine that answers each request with the demonstration of the episode's environment
     (``env.demonstration(messages)``), rendered as a sampled assistant turn (``renderer.assistant_ids``), log-prob 0.
 
@@ -221,23 +223,14 @@ class DemonstrationEngine:
     """
 
     def __init__(self, envs: Sequence[ToolEnv], renderer, version: int = 0):
-        self.envs, self.renderer, self.version = list(envs), renderer, version
+        envs = list(envs)
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        out = []
-        for r in requests:
-            env = self.envs[r.key[0]]
+        def demonstrate(r: GenerationRequest) -> list[int]:
+            env = envs[r.key[0]]
             text = env.demonstration(list(r.messages or ()))
             if text is None:
                 raise ValueError(f"{type(env).__name__} has no demonstration for this conversation (turn "
                                  f"{r.key[1]})")
-            ids = list(self.renderer.assistant_ids(text))[:r.max_new_tokens]
-            stop = bool(ids) and ids[-1] in set(self.renderer.stop_token_ids)
-            out.append(Generation(ids, [0.0] * len(ids), "stop" if stop else "length", self.version))
-        return out
+            return list(renderer.assistant_ids(text))
 
-    def sync_weights(self, model) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+        super().__init__(demonstrate, stop_token_ids=renderer.stop_token_ids, version=version)
