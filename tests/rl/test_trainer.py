@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,27 +288,34 @@ def test_supervised_warm_up_learns(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- resume
+def _strip_timing(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in TIMING}
+
+
+def _crash_and_resume(cfg, *, crash_after: int, resumes_at: int) -> list[dict]:
+    """Train ``crash_after`` steps, drop the trainer, resume from the last checkpoint (at ``resumes_at``) to the end;
+    the metrics file's lines."""
+    tr = Trainer(cfg)
+    tr.fit(max_steps=crash_after)
+    tr.close()
+    resumed = Trainer(cfg, resume=True)
+    assert resumed.step == resumes_at
+    resumed.fit()
+    resumed.close()
+    path = Path(cfg.log.output_dir) / "metrics.jsonl"
+    return [json.loads(ln) for ln in path.read_text().splitlines()]
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, mixed_rewards):
     """Crash after step 5 with checkpoints at 2 and 4; --resume from step 4 must write the same steps 5..8."""
     kw = dict(sft={"steps": 3}, rl={"steps": 5, "reuse": 2, "dgg": {"window": 2, "tau": 0.5}},
               log={"checkpoint_every": 2, "eval_every": 3, "progress": False, "plots": False})
     full = _run(tiny_config(tmp_path / "full", **kw))
 
-    cfg = tiny_config(tmp_path / "crash", **kw)
-    tr = Trainer(cfg)
-    tr.fit(max_steps=5)  # checkpoints at steps 2 and 4; step 5's metrics line is written, then the "crash"
-    tr.close()
-    resumed = Trainer(cfg, resume=True)
-    assert resumed.step == 4
-    resumed.fit()
-    resumed.close()
-    lines = [json.loads(ln) for ln in (tmp_path / "crash" / "run" / "metrics.jsonl").read_text().splitlines()]
+    # checkpoints at steps 2 and 4; step 5's metrics line is written, then the "crash"
+    lines = _crash_and_resume(tiny_config(tmp_path / "crash", **kw), crash_after=5, resumes_at=4)
     assert [r["step"] for r in lines] == [r["step"] for r in full] == list(range(0, 9))
-
-    def strip(r):
-        return {k: v for k, v in r.items() if k not in TIMING}
-
-    assert [strip(r) for r in lines] == [strip(r) for r in full]
+    assert [_strip_timing(r) for r in lines] == [_strip_timing(r) for r in full]
     assert any(r.get("grad_norm_rest", 0) > 0 for r in full if r["phase"] == "rl")  # the RL steps did train
 
 
@@ -396,17 +404,8 @@ def test_resume_is_exact_on_a_multi_turn_config(tmp_path):
     kw = dict(sft={"steps": 2}, rl={"steps": 3}, log={"checkpoint_every": 3, "eval_every": 0, "progress": False,
                                                        "plots": False})
     full = _run(kv_config(tmp_path / "full", **kw))
-    cfg = kv_config(tmp_path / "crash", **kw)
-    tr = Trainer(cfg)
-    tr.fit(max_steps=4)
-    tr.close()
-    resumed = Trainer(cfg, resume=True)
-    assert resumed.step == 3
-    resumed.fit()
-    resumed.close()
-    lines = [json.loads(ln) for ln in (tmp_path / "crash" / "run" / "metrics.jsonl").read_text().splitlines()]
-    strip = lambda r: {k: v for k, v in r.items() if k not in TIMING}  # noqa: E731
-    assert [strip(r) for r in lines] == [strip(r) for r in full]
+    lines = _crash_and_resume(kv_config(tmp_path / "crash", **kw), crash_after=4, resumes_at=3)
+    assert [_strip_timing(r) for r in lines] == [_strip_timing(r) for r in full]
 
 
 def test_trainer_names_no_objective():
