@@ -100,7 +100,7 @@ class AgentLoop:
         temperature: sampling temperature.
         context_policy: ``policy(messages, num_tokens, budget) -> list[Message] | None`` called after every step;
             a list rewrites the context (the episode forks), e.g. folding or summarizing a long history.
-        max_env_workers: threads stepping environments concurrently (1: in order).
+        max_env_workers: threads stepping blocking environments (``env.blocking``) concurrently (1: in order).
         tools_in_prompt: render the environment's tool schemas into the prompt (``False`` for tiny models whose
             context cannot hold them and which learn the one tool from demonstrations).
     """
@@ -165,12 +165,18 @@ class AgentLoop:
 
     # ---------------------------------------------------------------- stages
     def _parallel(self, fn, states) -> None:
-        if self.max_env_workers == 1 or len(states) <= 1:
-            for s in states:
+        """``fn`` on every state: in threads for environments that block (``env.blocking``, default True), in
+        order for the others."""
+        blocking = [bool(getattr(s.ep.env, "blocking", True)) for s in states]
+        threaded = [s for s, b in zip(states, blocking) if b]
+        if self.max_env_workers == 1 or len(threaded) <= 1:
+            threaded, blocking = [], [False] * len(states)
+        for s, b in zip(states, blocking):
+            if not b:
                 fn(s)
-            return
-        with ThreadPoolExecutor(min(self.max_env_workers, len(states))) as pool:
-            list(pool.map(fn, states))
+        if threaded:
+            with ThreadPoolExecutor(min(self.max_env_workers, len(threaded))) as pool:
+                list(pool.map(fn, threaded))
 
     def _reset(self, s: _State) -> None:
         try:

@@ -45,6 +45,7 @@ class KVLookupEnv(ToolEnv):
     """
 
     name: ClassVar[str] = "kv_lookup"
+    blocking = False  # a dict lookup
     alphabet: ClassVar[str] = string.ascii_letters + string.digits + string.punctuation + " \n"
 
     def __init__(self, table_size: int = 8, keys_per_task: int = 1, max_value: int = 99,

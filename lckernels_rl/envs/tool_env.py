@@ -74,12 +74,16 @@ class ToolEnv:
         name: registry name.
         tools: the tools the agent may call (``@tool`` functions, usually bound to the instance's state).
         concurrent_tools: several calls of one turn may run concurrently.
+        blocking: ``reset`` / ``step`` / ``verify`` wait on something outside Python (a database, a subprocess, a
+            remote service), so the agent loop runs the episodes' calls in threads; pure-Python environments set it
+            to ``False`` (threads would only add overhead and GIL contention with the policy's own threads).
         tool_format: the tool-call parser the environment's demonstrations are written in.
     """
 
     name: ClassVar[str] = ""
     tools: Sequence = ()
     concurrent_tools: bool = True
+    blocking: bool = True
     tool_format: ClassVar[Optional[str]] = None
 
     def reset(self, seed: Optional[int] = None, task: Any = None) -> tuple[list[Message], dict]:
@@ -137,6 +141,7 @@ class TextEnvAdapter(ToolEnv):
     """
 
     steps_cut_turns = True
+    blocking = False  # gymnasium-style text envs are pure Python
 
     def __init__(self, env, *, role: str = "user", system: Optional[str] = None):
         for attr in ("reset", "step"):
