@@ -74,43 +74,32 @@ def pack_samples(samples: Sequence[TrainSample], pad_id: int) -> RLBatch:
     """Pack ``samples`` (see the module docstring).  Group ids are renumbered 0.. in order of first appearance."""
     if not samples:
         raise ValueError("pack_samples: no samples")
-    b = len(samples)
     lens = [len(s.input_ids) for s in samples]
     trained = [[p for p, m in enumerate(s.loss_mask) if m] for s in samples]
     L, R = max(lens), max(max((len(t) for t in trained), default=0), 1)
-    ids = torch.full((b, L), int(pad_id), dtype=torch.long)
-    attn = torch.zeros((b, L), dtype=torch.long)
-    gather = torch.zeros((b, R), dtype=torch.long)
-    positions = torch.full((b, R), -1, dtype=torch.long)
-    targets = torch.zeros((b, R), dtype=torch.long)
-    mask = torch.zeros((b, R), dtype=torch.bool)
-    rlp = torch.zeros((b, R), dtype=torch.float32)
-    vers = torch.full((b, R), NOT_SAMPLED, dtype=torch.long)
+
+    ids = torch.tensor([list(s.input_ids) + [int(pad_id)] * (L - n) for s, n in zip(samples, lens)],
+                       dtype=torch.long)
+    attn = torch.tensor([[1] * n + [0] * (L - n) for n in lens], dtype=torch.long)
+    positions = torch.tensor([tr + [-1] * (R - len(tr)) for tr in trained], dtype=torch.long)
+    mask = positions >= 0
+    gather = (positions - 1).clamp_min(0)
+    targets = torch.where(mask, torch.gather(ids, 1, positions.clamp_min(0)), torch.zeros((), dtype=torch.long))
+    rlp = torch.tensor([[s.rollout_logprobs[p] for p in tr] + [0.0] * (R - len(tr))
+                        for s, tr in zip(samples, trained)], dtype=torch.float32)
+    vers = torch.tensor([[s.token_versions[p] for p in tr] + [NOT_SAMPLED] * (R - len(tr))
+                         for s, tr in zip(samples, trained)], dtype=torch.long)
     names = sorted({k for s in samples for k in s.spans})
-    spans = {k: torch.zeros((b, R), dtype=torch.bool) for k in names}
+    spans = {}
+    for k in names:
+        inside = [s.span_mask(k) for s in samples]
+        spans[k] = torch.tensor([[bool(m[p]) for p in tr] + [False] * (R - len(tr))
+                                 for m, tr in zip(inside, trained)], dtype=torch.bool)
     comp_names = sorted({k for s in samples for k in s.reward_components})
-    comps = {k: torch.full((b,), float("nan")) for k in comp_names}
+    comps = {k: torch.tensor([float(s.reward_components.get(k, float("nan"))) for s in samples]) for k in comp_names}
     groups: dict[Any, int] = {}
-    gidx = torch.zeros(b, dtype=torch.long)
-    for i, (s, tr) in enumerate(zip(samples, trained)):
-        ids[i, :lens[i]] = torch.tensor(s.input_ids, dtype=torch.long)
-        attn[i, :lens[i]] = 1
-        if tr:
-            n = len(tr)
-            pos = torch.tensor(tr, dtype=torch.long)
-            positions[i, :n] = pos
-            gather[i, :n] = pos - 1
-            targets[i, :n] = ids[i, pos]
-            mask[i, :n] = True
-            rlp[i, :n] = torch.tensor([s.rollout_logprobs[p] for p in tr], dtype=torch.float32)
-            vers[i, :n] = torch.tensor([s.token_versions[p] for p in tr], dtype=torch.long)
-            for k in names:
-                inside = s.span_mask(k)
-                spans[k][i, :n] = torch.tensor([bool(inside[p]) for p in tr])
-        for k, v in s.reward_components.items():
-            comps[k][i] = float(v)
-        key = s.group_id if s.group_id is not None else ("__sample__", i)
-        gidx[i] = groups.setdefault(key, len(groups))
+    gidx = torch.tensor([groups.setdefault(s.group_id if s.group_id is not None else ("__sample__", i), len(groups))
+                         for i, s in enumerate(samples)], dtype=torch.long)
     pos_ids = (attn.cumsum(1) - 1).clamp_min(0)
     rewards = torch.tensor([float(s.reward) for s in samples], dtype=torch.float32)
     return RLBatch(ids, attn, pos_ids, gather, positions, targets, mask, rlp, vers, rewards, gidx, comps, spans,
