@@ -154,3 +154,17 @@ def test_verdict_spans_map_to_token_ranges_and_a_bad_span_is_an_episode_error():
     engine = ScriptedEngine([enc("7") + [eos]], stop_token_ids=[eos])
     traj = AgentLoop(engine, renderer, "compact", Budget()).run(BadSpan(), task=TASK)
     assert traj.stop_reason == "error" and "turn 7 out of range" in traj.error and traj.reward == 0.0
+
+
+def test_arithmetic_schema_component_and_span_by_hand():
+    """The dual-track mapping on arithmetic: span "schema" = the answer's leading character; component "schema" = 1
+    only when that character is right and the whole answer correct."""
+    env = ArithmeticEnv(max_value=9)
+    prompt, info = env.reset(seed=1)
+    ans = info["answer"]
+    wrong = str(int(ans) + 1) if len(str(int(ans) + 1)) == len(ans) and str(int(ans) + 1)[0] == ans[0] \
+        else ans[0] + "x"  # same leading character, wrong answer
+    assert env.step(ans)[4]["components"] == {"schema": 1.0}
+    assert env.step(wrong)[4]["components"] == {"schema": 0.0}
+    assert env.step("z" + ans[1:])[4]["components"] == {"schema": 0.0}
+    assert env.step("  " + ans)[4]["spans"] == {"schema": [(2, 3)]}
