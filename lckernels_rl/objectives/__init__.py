@@ -32,12 +32,12 @@ from .maspo import MASPO
 from .hispo import HisPO
 from .lcft_tis import LCFTTIS
 from .aopd import AOPD, local_kl, teacher_token_log_prob
-from .dual_track_grpo import DualTrackGRPO, schema_token_mask, trust_sql_rewards
+from .dual_track_grpo import DualTrackGRPO, public_group_advantages
 from .self_verify import (SelfVerify, SelfVerifySchedule, VerificationExample, build_verification_examples,
                           parse_verdict, verification_reward)
 
 __all__ = ["Objective", "PolicyObjective", "get_objective", "list_objectives", "objective_sources",
            "register_objective", "GRPO", "DAPO", "DrGRPO", "GSPO", "CISPO", "SAPO", "MASPO", "HisPO", "LCFTTIS",
-           "AOPD", "local_kl", "teacher_token_log_prob", "DualTrackGRPO", "schema_token_mask", "trust_sql_rewards",
+           "AOPD", "local_kl", "teacher_token_log_prob", "DualTrackGRPO", "public_group_advantages",
            "SelfVerify", "SelfVerifySchedule", "VerificationExample", "build_verification_examples", "parse_verdict",
            "verification_reward"]

@@ -52,8 +52,10 @@ def test_bad_parameters_fail_at_construction():
         get_objective("grpo", loss_agg="sum")
     with pytest.raises(ValueError, match="clip_c must be > 1"):
         get_objective("lcft_tis", eps_neg_high=0.5)
-    with pytest.raises(ValueError, match="lam"):
-        get_objective("dual_track_grpo", lam=-1.0)
+    with pytest.raises(ValueError, match="schema_weight"):
+        get_objective("dual_track_grpo", schema_weight=-1.0)
+    with pytest.raises(ValueError, match="variant"):
+        get_objective("dual_track_grpo", variant="both")
     with pytest.raises(ValueError, match="unknown objective"):
         get_objective("self_verify", base="nope")
 
@@ -109,7 +111,7 @@ def case_inputs(name, p, on_policy):
         extra["teacher_log_prob"] = O.teacher_token_log_prob(p["teacher"], p["y"])
     if name == "dual_track_grpo":
         extra["schema_advantages"] = torch.randn(B, generator=p["g"])
-        extra["schema_mask"] = O.schema_token_mask(torch.tensor([2, 6, 3, 0]), T)
+        extra["schema_mask"] = torch.arange(T)[None, :] < torch.tensor([2, 6, 3, 0])[:, None]
     return obj, kw, extra
 
 
@@ -316,44 +318,89 @@ def test_hand_aopd_positive_tokens_get_clipped_pg_nonpositive_get_kl():
     assert loss_k.item() == pytest.approx((-0.5 - 0.5 * 1.2 + kl2) / 3)
 
 
-def test_hand_dual_track_lambda_weighting_and_schema_mask():
-    """B = 2, T = 3, on-policy, GRPO seq-mean-token-mean.  Full: A = (1, -1) on every token -> L_full = 0.
-    Schema: A = (2, 0.5) on tokens before the end of Propose (2 and 1 tokens) -> L_schema = -(2·2/3 + 0.5/3) / 2
-    = -0.75; L = L_full + 0.25 L_schema."""
+def test_hand_dual_track_loss_per_sample_means():
+    """B = 2, T = 3, on-policy (ratio 1), ε irrelevant.  Answer track A = (1, -1) on every token: L_a = mean over
+    samples of the per-sample token mean of -A = (-1 + 1) / 2 = 0.  Schema track A_s = (2, 0.5) on the schema span
+    (2 and 1 tokens): L_s = (-2 - 0.5) / 2 = -1.25.  L = L_a + 0.25 L_s (the released script's SCHEMA_WEIGHT)."""
     lp = torch.zeros(2, 3, requires_grad=True)
-    schema_mask = O.schema_token_mask(torch.tensor([2, 1]), 3)
-    assert schema_mask.tolist() == [[1, 1, 0], [1, 0, 0]]
+    span = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
     loss, m = get_objective("dual_track_grpo")(lp, None, torch.tensor([1.0, -1.0]), None,
-                                               schema_advantages=torch.tensor([2.0, 0.5]), schema_mask=schema_mask)
+                                               schema_advantages=torch.tensor([2.0, 0.5]), schema_mask=span)
     loss.backward()
-    assert m["full/loss"] == pytest.approx(0.0) and m["schema/loss"] == pytest.approx(-0.75)
-    assert loss.item() == pytest.approx(0.25 * -0.75)
-    full = torch.tensor([[-1.0, -1, -1], [1, 1, 1]]) / 6
-    schema = torch.tensor([[-2.0, -2, 0], [-0.5, 0, 0]]) / 6
-    torch.testing.assert_close(lp.grad, full + 0.25 * schema)
-    lp.grad = None
-    loss1, _ = get_objective("dual_track_grpo", lam=1.0)(lp, None, torch.tensor([1.0, -1.0]), None,
-                                                         schema_advantages=torch.tensor([2.0, 0.5]),
-                                                         schema_mask=schema_mask)
-    assert loss1.item() == pytest.approx(-0.75)
+    assert m["answer/loss"] == pytest.approx(0.0) and m["schema/loss"] == pytest.approx(-1.25)
+    assert loss.item() == pytest.approx(0.25 * -1.25)
+    answer = torch.tensor([[-1.0, -1, -1], [1, 1, 1]]) / 6              # -A / (3 tokens * 2 samples)
+    schema = torch.tensor([[-2.0 / 4, -2.0 / 4, 0], [-0.5 / 2, 0, 0]])   # -A_s / (tokens in span * 2 samples)
+    torch.testing.assert_close(lp.grad, answer + 0.25 * schema)
 
 
-def test_trust_sql_rewards_and_group_advantages():
-    r_full, r_schema = O.trust_sql_rewards(["correct", "wrong", "error", "correct"], [True, True, False, False],
-                                           [True, True, True, False])
-    torch.testing.assert_close(r_full, torch.tensor([1.1, 0.3, 0.0, 1.0]))
-    torch.testing.assert_close(r_schema, torch.tensor([1.0, 0.0, 0.0, 0.0]))  # paid only when R_exec = 1
-    # group-relative (GRPO) advantages of each track, computed inline (estimators live in lckernels_rl.advantages)
-    a_full = (r_full - r_full.mean()) / r_full.std()
-    a_schema = (r_schema - r_schema.mean()) / r_schema.std()
-    assert a_full.argmax() == 0 and a_schema[0] > 0 > a_schema[1]
-    with pytest.raises(ValueError, match="unknown exec_status"):
-        O.trust_sql_rewards(["ok"], [True], [True])
+def test_hand_dual_track_empty_span_still_counts_as_a_sample():
+    """slime's sum_of_sample_mean: a sample without schema tokens adds 0 but is in the average:
+    L_s = (-2 + 0) / 2 = -1 (not -2, the mean over the samples that have a span)."""
+    lp = torch.zeros(2, 3, requires_grad=True)
+    span = torch.tensor([[1, 1, 0], [0, 0, 0]], dtype=torch.bool)
+    loss, m = get_objective("dual_track_grpo", schema_weight=1.0)(lp, None, torch.zeros(2), None,
+                                                                  schema_advantages=torch.tensor([2.0, 5.0]),
+                                                                  schema_mask=span)
+    assert loss.item() == pytest.approx(-1.0)
+    loss.backward()
+    torch.testing.assert_close(lp.grad, torch.tensor([[-0.5, -0.5, 0], [0, 0, 0]]))
+
+
+def _dual_batch(rewards, schema, span, groups):
+    from types import SimpleNamespace
+
+    span = torch.tensor(span, dtype=torch.bool)
+    return SimpleNamespace(rewards=torch.tensor(rewards), components={"schema": torch.tensor(schema)},
+                           spans={"schema": span}, mask=torch.ones_like(span), group_index=torch.tensor(groups))
+
+
+def test_hand_dual_track_public_advantages():
+    """Group of 4 with answer rewards (1.1, 0.3, 0, 1.0): mean 0.6, population std sqrt(0.86 / 4) = 0.4636809;
+    schema rewards (1, 0, 0, 0): mean 0.25, std sqrt(0.1875) = 0.4330127."""
+    b = _dual_batch([1.1, 0.3, 0.0, 1.0], [1.0, 0.0, 0.0, float("nan")], [[1, 0]] * 4, [0, 0, 0, 0])
+    out = get_objective("dual_track_grpo").batch_inputs(b, None)
+    sd = 0.4636809
+    torch.testing.assert_close(out["advantages"], torch.tensor([0.5, -0.3, -0.6, 0.4]) / (sd + 1e-6))
+    torch.testing.assert_close(out["schema_advantages"], torch.tensor([0.75, -0.25, -0.25, -0.25]) / (0.4330127 + 1e-6))
+    assert out["schema_mask"].tolist() == [[True, False]] * 4
+
+
+def test_hand_dual_track_advantage_clamp_and_singletons():
+    """200 samples, one reward 1: mean 0.005, std sqrt(0.005 * 0.995) = 0.0705337 -> A = 0.995 / 0.0705337 = 14.1,
+    clamped to 10; the others -0.005 / 0.0705337 = -0.0709.  A group of one sample gets 0."""
+    r = [1.0] + [0.0] * 199 + [0.7]
+    b = _dual_batch(r, [0.0] * 201, [[1]] * 201, [0] * 200 + [1])
+    adv = get_objective("dual_track_grpo").batch_inputs(b, None)["advantages"]
+    assert adv[0].item() == pytest.approx(10.0)
+    assert adv[1].item() == pytest.approx(-0.005 / 0.0705337, rel=1e-4)
+    assert adv[200].item() == 0.0
+
+
+def test_hand_dual_track_other_variants():
+    """Two groups of 2, answer rewards (1, 0 | 0, 1) -> A_a = ±0.5 / (0.5 + 1e-6); schema rewards (1, 0 | 0, 0) ->
+    A_s = (±1 | 0, 0) scaled the same way; span = the first token.  weighted_advantage: A_a + 0.25 A_s on the span;
+    reward_weighted: A_a (1 + 0.25 r_s) on the span."""
+    b = _dual_batch([1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0], [[1, 0]] * 4, [0, 0, 1, 1])
+    u = 0.5 / (0.5 + 1e-6)
+    wa = get_objective("dual_track_grpo", variant="weighted_advantage").batch_inputs(b, None)
+    torch.testing.assert_close(wa["advantages"], torch.tensor([[u + 0.25 * u, u], [-u - 0.25 * u, -u],
+                                                               [-u, -u], [u, u]]))
+    rw = get_objective("dual_track_grpo", variant="reward_weighted").batch_inputs(b, None)
+    torch.testing.assert_close(rw["advantages"], torch.tensor([[1.25 * u, u], [-u, -u], [-u, -u], [u, u]]))
+    assert set(wa) == set(rw) == {"advantages"}
+    with pytest.raises(ValueError, match="inside `advantages`"):
+        get_objective("dual_track_grpo", variant="reward_weighted")(torch.zeros(1, 2), None, torch.ones(1), None,
+                                                                    schema_mask=torch.ones(1, 2))
 
 
 def test_dual_track_needs_its_inputs():
     with pytest.raises(ValueError, match="schema_advantages"):
         get_objective("dual_track_grpo")(torch.zeros(1, 2), None, torch.ones(1), None)
+    b = _dual_batch([1.0], [1.0], [[1]], [0])
+    b.spans = {}
+    with pytest.raises(ValueError, match="span 'schema'"):
+        get_objective("dual_track_grpo").batch_inputs(b, None)
 
 
 # ------------------------------------------------------------------------------------------------- self-verify
