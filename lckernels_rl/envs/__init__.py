@@ -10,8 +10,9 @@ from .arithmetic import ArithmeticEnv
 from .base import Env
 from .kv_lookup import KVLookupEnv
 from .tool_env import StepResult, TextEnvAdapter, ToolEnv, Verdict
+from .trust_sql import TrustSQLEnv
 
-ENVS: dict[str, type] = {"arithmetic": ArithmeticEnv, "kv_lookup": KVLookupEnv}
+ENVS: dict[str, type] = {"arithmetic": ArithmeticEnv, "kv_lookup": KVLookupEnv, "trust_sql": TrustSQLEnv}
 
 
 def list_envs() -> list[str]:
@@ -32,5 +33,5 @@ def make_tool_env(name: str, **kwargs) -> ToolEnv:
     return env if isinstance(env, ToolEnv) else TextEnvAdapter(env)
 
 
-__all__ = ["Env", "ArithmeticEnv", "KVLookupEnv", "ToolEnv", "TextEnvAdapter", "StepResult", "Verdict", "ENVS",
+__all__ = ["Env", "ArithmeticEnv", "KVLookupEnv", "TrustSQLEnv", "ToolEnv", "TextEnvAdapter", "StepResult", "Verdict", "ENVS",
            "list_envs", "make_env", "make_tool_env"]

@@ -78,6 +78,8 @@ class ToolEnv:
             remote service), so the agent loop runs the episodes' calls in threads; pure-Python environments set it
             to ``False`` (threads would only add overhead and GIL contention with the policy's own threads).
         tool_format: the tool-call parser the environment's demonstrations are written in.
+        protocol_tokens: tags of the environment's turn format (``<think>``, ``<tool_call>``, ...) that a tokenizer
+            trained for it keeps as one ordinary token each (the trainer's BPE tokenizers do).
     """
 
     name: ClassVar[str] = ""
@@ -85,6 +87,7 @@ class ToolEnv:
     concurrent_tools: bool = True
     blocking: bool = True
     tool_format: ClassVar[Optional[str]] = None
+    protocol_tokens: ClassVar[tuple[str, ...]] = ()
 
     def reset(self, seed: Optional[int] = None, task: Any = None) -> tuple[list[Message], dict]:
         raise NotImplementedError

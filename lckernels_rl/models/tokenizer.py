@@ -101,7 +101,7 @@ def build_char_tokenizer(alphabet: str, *, extra_special_tokens: Sequence[str] =
 
 
 def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, *, extra_special_tokens: Sequence[str] = (),
-                        min_frequency: int = 2, seed_alphabet: str | None = None):
+                        min_frequency: int = 2, seed_alphabet: str | None = None, added_tokens: Sequence[str] = ()):
     """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``corpus`` (locally, deterministically).
 
     Ids: the four :data:`SPECIAL_TOKENS` (0..3), then ``extra_special_tokens`` in order (4, 5, ...), then the
@@ -123,6 +123,9 @@ def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, *, extra_special
             this never changes what can be encoded; it only lets the trainer merge the bytes of the
             *multi-byte* characters in it into single tokens (when ``vocab_size`` leaves room after the
             corpus's more frequent merges).  ASCII characters in it change nothing.
+        added_tokens: ordinary (not special) tokens added after training, one atomic id each after the learned
+            vocabulary: matched in text before the BPE model runs and kept by ``decode(..., skip_special_tokens=True)``
+            -- e.g. an environment's protocol tags (``<think>``, ``<tool_call>``), as real chat tokenizers have them.
 
     Example:
         >>> tok = build_bpe_tokenizer(["hello world"] * 4, vocab_size=300)
@@ -166,16 +169,35 @@ def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, *, extra_special
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     tok.add_special_tokens(list(SPECIAL_TOKENS) + extras)  # ids already assigned by the trainer, in order
+    added = _check_added_tokens(fn, added_tokens, list(SPECIAL_TOKENS) + extras)
+    if added:
+        from tokenizers import AddedToken
+
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
     return _wrap(tok, extras)
 
 
+def _check_added_tokens(fn: str, added_tokens, reserved: list[str]) -> list[str]:
+    if isinstance(added_tokens, str):
+        raise ValueError(f"{fn}: `added_tokens` must be a sequence of str, not a str; got {added_tokens!r}")
+    added = list(dict.fromkeys(added_tokens))
+    bad = [t for t in added if not isinstance(t, str) or not t]
+    if bad:
+        raise ValueError(f"{fn}: `added_tokens` must be non-empty str; got {bad!r}")
+    clash = [t for t in added if t in reserved]
+    if clash:
+        raise ValueError(f"{fn}: `added_tokens` repeats special tokens {clash!r}")
+    return added
+
+
 def build_tokenizer(kind: str, *, alphabet: str = "", corpus: Iterable[str] = (), vocab_size: int | None = None,
-                    extra_special_tokens: Sequence[str] = ()):
+                    extra_special_tokens: Sequence[str] = (), added_tokens: Sequence[str] = ()):
     """Build a tokenizer of ``kind`` (one of :data:`TOKENIZER_KINDS`).
 
     * ``"char"``: :func:`build_char_tokenizer` over ``alphabet``; ``corpus`` and ``vocab_size`` are ignored.
     * ``"bpe"``: :func:`build_bpe_tokenizer` trained on ``corpus`` with target ``vocab_size`` (required);
-      a non-empty ``alphabet`` is passed as its ``seed_alphabet``.
+      a non-empty ``alphabet`` is passed as its ``seed_alphabet``; ``added_tokens`` as its ``added_tokens``
+      (ignored for ``"char"``, where every tag is spelled with the alphabet anyway).
     """
     if kind == "char":
         return build_char_tokenizer(alphabet, extra_special_tokens=extra_special_tokens)
@@ -183,7 +205,7 @@ def build_tokenizer(kind: str, *, alphabet: str = "", corpus: Iterable[str] = ()
         if vocab_size is None:
             raise ValueError("build_tokenizer: `vocab_size` is required for kind='bpe'")
         return build_bpe_tokenizer(corpus, vocab_size, extra_special_tokens=extra_special_tokens,
-                                   seed_alphabet=alphabet or None)
+                                   seed_alphabet=alphabet or None, added_tokens=added_tokens)
     raise ValueError(f"build_tokenizer: unknown `kind` {kind!r}; expected one of {list(TOKENIZER_KINDS)}")
 
 

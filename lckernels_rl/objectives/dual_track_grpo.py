@@ -102,16 +102,18 @@ class DualTrackGRPO(Objective):
     # ------------------------------------------------------------------ inputs from the batch
     def batch_inputs(self, batch, ctx) -> dict:
         """Advantages of both tracks from the batch: the answer reward is ``batch.rewards``, the schema reward the
-        verdicts' ``schema_component`` (0 where a sample has none), the span ``schema_span`` over sampled tokens."""
-        if self.schema_span not in batch.spans or self.schema_component not in batch.components:
-            raise ValueError(f"dual_track_grpo needs the environment to mark span {self.schema_span!r} and reward "
-                             f"component {self.schema_component!r}; the batch has spans {sorted(batch.spans)} and "
-                             f"components {sorted(batch.components)} (set objective_args schema_span / "
-                             "schema_component)")
+        verdicts' ``schema_component`` (0 where a sample has none), the span ``schema_span`` over sampled tokens
+        (empty for a sample without it)."""
+        if self.schema_component not in batch.components:
+            raise ValueError(f"dual_track_grpo needs the environment's verdicts to carry reward component "
+                             f"{self.schema_component!r} and span {self.schema_span!r}; the batch has components "
+                             f"{sorted(batch.components)} and spans {sorted(batch.spans)} (set objective_args "
+                             "schema_span / schema_component)")
         r_s = torch.nan_to_num(batch.components[self.schema_component].float(), nan=0.0)
         adv_fn = public_group_advantages if self.advantage == "public" else ctx.advantage_fn
         a_ans = adv_fn(batch.rewards.float(), batch.group_index).float()
-        span = (batch.spans[self.schema_span] & batch.mask).float()
+        span = batch.spans.get(self.schema_span)  # absent when no sample of the batch has the span
+        span = torch.zeros_like(batch.mask, dtype=torch.float32) if span is None else (span & batch.mask).float()
         if self.variant == "dual_track":
             return {"advantages": a_ans, "schema_advantages": adv_fn(r_s, batch.group_index).float(),
                     "schema_mask": span > 0}

@@ -45,10 +45,12 @@ class TaskConfig:
     """The environment and its prompt sets.
 
     ``train_size`` problems (environment seeds ``0..train_size-1``) form the training pool; ``eval_size`` further
-    problems (seeds from ``10**6`` on) are the greedy-decoding evaluation set.
+    problems (seeds from ``10**6`` on) are the greedy-decoding evaluation set.  ``eval_env_args`` override
+    ``env_args`` for the evaluation environments (e.g. ``{split: heldout}``: evaluate on held-out databases).
     """
     env: str = "arithmetic"
     env_args: dict = field(default_factory=dict)
+    eval_env_args: dict = field(default_factory=dict)
     train_size: int = 2048
     eval_size: int = 256
 
@@ -283,6 +285,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"rl.dgg.max_reuse ({k}) must equal rl.reuse ({cfg.rl.reuse}), the trainer's number of "
                               "updates per rollout batch; leave max_reuse out")
     _try_build("task.env_args", make_env, cfg.task.env, **cfg.task.env_args)
+    if cfg.task.eval_env_args:
+        _try_build("task.eval_env_args", make_env, cfg.task.env, **{**cfg.task.env_args, **cfg.task.eval_env_args})
 
 
 def _try_build(path: str, factory, *args, **kwargs) -> None:

@@ -110,9 +110,10 @@ class Trainer:
                              max_new_tokens=cfg.rl.max_new_tokens,
                              max_tool_output_tokens=cfg.agent.max_tool_output_tokens)
         self.pool = PromptPool(self.make_env, cfg.task.train_size, seed_offset=0)
-        self.eval_pool = PromptPool(self.make_env, cfg.task.eval_size, seed_offset=EVAL_SEED_OFFSET) \
+        self.eval_pool = PromptPool(self.make_eval_env, cfg.task.eval_size, seed_offset=EVAL_SEED_OFFSET) \
             if cfg.task.eval_size else None
         self.advantage_fn = get_estimator(cfg.rl.advantage)
+        self.eval_components: dict[str, float] = {}  # component means of the last evaluation
         self.requirements = self.objective.context_requirements()
         self.gate = None
         if cfg.rl.dgg is not None:
@@ -137,6 +138,11 @@ class Trainer:
     def make_env(self):
         """A fresh environment of the task (one per episode)."""
         return make_tool_env(self.config.task.env, **self.config.task.env_args)
+
+    def make_eval_env(self):
+        """A fresh environment for evaluation (``task.env_args`` updated by ``task.eval_env_args``)."""
+        t = self.config.task
+        return make_tool_env(t.env, **{**t.env_args, **t.eval_env_args})
 
     def _build_tokenizer(self, probe):
         from lckernels_rl.agents import renderer as R
@@ -166,7 +172,7 @@ class Trainer:
             if demo:
                 corpus.append(demo)
         return build_tokenizer("bpe", corpus=[c for c in corpus if c], vocab_size=m.vocab_size or 1024,
-                               extra_special_tokens=extra)
+                               extra_special_tokens=extra, added_tokens=getattr(probe, "protocol_tokens", ()))
 
     def _parser(self, probe):
         name = self.config.agent.parser
@@ -374,9 +380,12 @@ class Trainer:
             return (math.nan, {}) if return_metrics else math.nan
         backend = HFGenerateBackend(self.model, eos_token_id=self.eos_id, pad_token_id=self.pad_id, greedy=True)
         engine = BackendEngine(backend, stop_token_ids=self.renderer.stop_token_ids)
-        eps = [Episode(self.make_env(), None, self.eval_pool.seed(i)) for i in range(self.eval_pool.size)]
+        eps = [Episode(self.make_eval_env(), None, self.eval_pool.seed(i)) for i in range(self.eval_pool.size)]
         trajs = self._loop(engine).run_batch(eps)
         acc = float(np.mean([t.reward for t in trajs]))
+        names = sorted({k for t in trajs for k in t.components})
+        self.eval_components = {k: float(np.mean([t.components[k] for t in trajs if k in t.components]))
+                                for k in names}
         return (acc, episode_metrics(trajs)) if return_metrics else acc
 
     # ------------------------------------------------------------------ checkpoints
@@ -437,7 +446,8 @@ class Trainer:
         bar = _progress(cfg.log.progress, self.total_steps, self.step)
         if self.step == 0:
             acc = self.evaluate()
-            written.append(self._log({"step": 0, "phase": "init", "eval_accuracy": acc}))
+            written.append(self._log({"step": 0, "phase": "init", "eval_accuracy": acc,
+                                      **{f"eval_{k}": v for k, v in self.eval_components.items()}}))
         try:
             while self.step < end:
                 step = self.step + 1
@@ -450,6 +460,7 @@ class Trainer:
                 last_of_phase = step == cfg.sft.steps or step == self.total_steps
                 if cfg.log.eval_every and (step % cfg.log.eval_every == 0 or last_of_phase):
                     m["eval_accuracy"] = self.evaluate()
+                    m.update({f"eval_{k}": v for k, v in self.eval_components.items()})
                 written.append(self._log(m))
                 if bar is not None:
                     bar.update(1)

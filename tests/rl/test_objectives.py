@@ -397,9 +397,11 @@ def test_hand_dual_track_other_variants():
 def test_dual_track_needs_its_inputs():
     with pytest.raises(ValueError, match="schema_advantages"):
         get_objective("dual_track_grpo")(torch.zeros(1, 2), None, torch.ones(1), None)
-    b = _dual_batch([1.0], [1.0], [[1]], [0])
-    b.spans = {}
-    with pytest.raises(ValueError, match="span 'schema'"):
+    b = _dual_batch([1.0, 0.0], [1.0, 0.0], [[1], [1]], [0, 0])
+    b.spans = {}  # no sample of the batch has the span: an empty schema track
+    assert not get_objective("dual_track_grpo").batch_inputs(b, None)["schema_mask"].any()
+    b.components = {}
+    with pytest.raises(ValueError, match="component 'schema'"):
         get_objective("dual_track_grpo").batch_inputs(b, None)
 
 
