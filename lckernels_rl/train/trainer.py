@@ -366,6 +366,7 @@ class Trainer:
                    counts_min=int(groups.counts.min()), counts_max=int(groups.counts.max()),
                    policy_version=int(self.engine.version))
         out.update(groups.metrics)
+        out.update(_span_stats(batch, adv, extra))
         if c.reuse > 1:
             out.update(kl_rollout_max=max([0.0, *kl_trace]), grad_norm_lm_head_max=max([0.0, *g_trace]),
                        kl_rollout_trace=kl_trace, grad_norm_lm_head_trace=g_trace)
@@ -503,6 +504,28 @@ def _progress(enabled: bool, total: int, initial: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _span_stats(batch, adv: torch.Tensor, extra: dict) -> dict:
+    """Per named span of the batch: the fraction of samples that have it and, over those samples, the variance of the
+    advantage each applies on the span (its mean over the span's tokens) -- of the step's advantages and of every
+    extra ``*_advantages`` input (e.g. Dual-track GRPO's schema track)."""
+    from lckernels_rl.objectives.base import expand_advantages
+
+    out: dict[str, float] = {}
+    for name, span in batch.spans.items():
+        span = span & batch.mask
+        has = span.any(1)
+        out[f"span_{name}_frac"] = float(has.float().mean())
+        if int(has.sum()) < 2:
+            continue
+        n = span.sum(1)[has].float()
+        for key, a in [("adv", adv)] + [(k, v) for k, v in extra.items() if k.endswith("_advantages")]:
+            if not isinstance(a, torch.Tensor):  # e.g. AOPD: no advantages
+                continue
+            per = (expand_advantages(a, span.shape) * span).sum(1)[has] / n
+            out[f"span_{name}_{key}_var"] = float(per.var(unbiased=False))
+    return out
 
 
 def _plain(x):

@@ -271,3 +271,22 @@ def test_char_rejects_bad_arguments(alphabet, extras, match):
 
 def test_module_doctests():
     assert doctest.testmod(tokenizer_module).failed == 0
+
+
+def test_bpe_added_tokens_are_atomic_ordinary_tokens():
+    """Protocol tags added after training: one id each (after the learned vocabulary), matched inside words, kept by
+    decode(skip_special_tokens=True) -- unlike the special tokens, which it drops."""
+    corpus = ["<think>a b</think><tool_call>{}</tool_call>"] * 8 + ["hello world"] * 8
+    plain = build_bpe_tokenizer(corpus, vocab_size=300)
+    tok = build_bpe_tokenizer(corpus, vocab_size=300, added_tokens=("<think>", "</think>", "<tool_call>"))
+    assert len(tok) == len(plain) + 3
+    ids = tok("x<think>y</think>", add_special_tokens=False)["input_ids"]
+    think, end = tok.convert_tokens_to_ids("<think>"), tok.convert_tokens_to_ids("</think>")
+    assert think == len(plain) and end == len(plain) + 1 and think in ids and end in ids
+    assert len(plain("<think>", add_special_tokens=False)["input_ids"]) > 1  # without: several pieces
+    text = tok.decode(ids + [tok.eos_token_id], skip_special_tokens=True)
+    assert text == "x<think>y</think>"
+    with pytest.raises(ValueError, match="added_tokens"):
+        build_bpe_tokenizer(corpus, vocab_size=300, added_tokens="<think>")
+    with pytest.raises(ValueError, match="added_tokens"):
+        build_bpe_tokenizer(corpus, vocab_size=300, added_tokens=("<s>",))

@@ -596,3 +596,7 @@ class SQLBenchmark:
     def _real_tables(self, db_id: str) -> dict[str, str]:
         """Concept -> real table name of ``db_id`` (from the metadata)."""
         return dict(self._meta[db_id]["real_tables"])
+
+    def concept_of(self, db_id: str, table: str) -> str | None:
+        """The concept (e.g. ``"orders"``) whose real table in ``db_id`` is ``table``; ``None`` for a distractor."""
+        return next((c for c, t in self._meta[db_id]["real_tables"].items() if t == table), None)

@@ -265,8 +265,9 @@ class TrustSQLEnv(ToolEnv):
     def _demo_plan(self) -> list[str]:
         t = self.task
         rng = np.random.default_rng([0 if self.seed is None else abs(int(self.seed)), 7])
-        plan = [_turn("list the tables", "explore_schema", _call(LIST_TABLES_SQL))]
         gold = list(t.gold_schema["tables"])
+        concepts = [self.bench.concept_of(t.db_id, g) or g for g in gold]
+        plan = [_turn(f"find {' and '.join(concepts)}", "explore_schema", _call(LIST_TABLES_SQL))]
         if rng.random() < self.recover_p:
             names = self.bench.table_names(t.db_id)
             lures = [n for n in names if n not in gold and any(g[:3] in n for g in gold)] or \
