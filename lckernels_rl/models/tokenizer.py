@@ -32,24 +32,25 @@ __all__ = ["SPECIAL_TOKENS", "CHAT_SPECIAL_TOKENS", "TOKENIZER_KINDS", "build_ch
            "build_bpe_tokenizer", "build_tokenizer", "non_canonical_pair"]
 
 
-def _check_extra_special_tokens(fn: str, extra_special_tokens) -> list[str]:
+def _check_extra_special_tokens(fn: str, extra_special_tokens, *, name: str = "extra_special_tokens",
+                                reserved=SPECIAL_TOKENS) -> list[str]:
+    """The token list ``name`` as a list, or ``ValueError``: a bare str, non-str / empty entries, entries in
+    ``reserved``, duplicates."""
     if isinstance(extra_special_tokens, str):
-        raise ValueError(f"{fn}: `extra_special_tokens` must be a sequence of str, not a str; "
-                         f"got {extra_special_tokens!r}")
+        raise ValueError(f"{fn}: `{name}` must be a sequence of str, not a str; got {extra_special_tokens!r}")
     try:
         extras = list(extra_special_tokens)
     except TypeError:
-        raise ValueError(f"{fn}: `extra_special_tokens` must be a sequence of str; "
-                         f"got {extra_special_tokens!r}") from None
+        raise ValueError(f"{fn}: `{name}` must be a sequence of str; got {extra_special_tokens!r}") from None
     bad = [t for t in extras if not isinstance(t, str) or not t]
     if bad:
-        raise ValueError(f"{fn}: `extra_special_tokens` must be non-empty str; got {bad!r}")
-    reserved = [t for t in extras if t in SPECIAL_TOKENS]
-    if reserved:
-        raise ValueError(f"{fn}: `extra_special_tokens` repeats the built-in special tokens {reserved!r}")
+        raise ValueError(f"{fn}: `{name}` must be non-empty str; got {bad!r}")
+    clash = [t for t in extras if t in reserved]
+    if clash:
+        raise ValueError(f"{fn}: `{name}` repeats the built-in or earlier special tokens {clash!r}")
     dups = sorted({t for t in extras if extras.count(t) > 1})
     if dups:
-        raise ValueError(f"{fn}: `extra_special_tokens` has duplicates {dups!r}")
+        raise ValueError(f"{fn}: `{name}` has duplicates {dups!r}")
     return extras
 
 
@@ -169,25 +170,13 @@ def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, *, extra_special
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     tok.add_special_tokens(list(SPECIAL_TOKENS) + extras)  # ids already assigned by the trainer, in order
-    added = _check_added_tokens(fn, added_tokens, list(SPECIAL_TOKENS) + extras)
+    added = _check_extra_special_tokens(fn, added_tokens, name="added_tokens",
+                                        reserved=list(SPECIAL_TOKENS) + extras)
     if added:
         from tokenizers import AddedToken
 
         tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
     return _wrap(tok, extras)
-
-
-def _check_added_tokens(fn: str, added_tokens, reserved: list[str]) -> list[str]:
-    if isinstance(added_tokens, str):
-        raise ValueError(f"{fn}: `added_tokens` must be a sequence of str, not a str; got {added_tokens!r}")
-    added = list(dict.fromkeys(added_tokens))
-    bad = [t for t in added if not isinstance(t, str) or not t]
-    if bad:
-        raise ValueError(f"{fn}: `added_tokens` must be non-empty str; got {bad!r}")
-    clash = [t for t in added if t in reserved]
-    if clash:
-        raise ValueError(f"{fn}: `added_tokens` repeats special tokens {clash!r}")
-    return added
 
 
 def build_tokenizer(kind: str, *, alphabet: str = "", corpus: Iterable[str] = (), vocab_size: int | None = None,

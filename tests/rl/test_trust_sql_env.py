@@ -25,7 +25,7 @@ from lckernels_rl.rollout.engine import ScriptedEngine  # noqa: E402
 
 GOLD = "SELECT COUNT(*) FROM clients WHERE city = 'Berlin'"  # 2 on the hand-built database
 GOLD_SCHEMA = {"tables": ["clients"], "columns": {"clients": ["city"]}}
-LIST = "SELECT name FROM sqlite_master WHERE type = 'table'"
+LIST = "SELECT name FROM sqlite_master WHERE type = 'table'"  # the demonstrations list them another way
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ from . import rewards as R
 
 __all__ = ["TrustSQLEnv", "INSTRUCTIONS", "LIST_TABLES_SQL"]
 
-LIST_TABLES_SQL = "SELECT name FROM sqlite_master WHERE type = 'table'"
+LIST_TABLES_SQL = "SELECT DISTINCT tbl_name FROM sqlite_master"  # no quoted literal: nothing for a copy to latch on
 INSTRUCTIONS = (
     "Answer the question with one SQLite query. The database schema is not given: explore it. Every turn: "
     "<think>reasoning</think> then exactly one <action>explore_schema|propose_schema|generate_sql|confirm_answer"
@@ -280,10 +280,10 @@ class TrustSQLEnv(ToolEnv):
         plan.append(_turn("relevant schema", "propose_schema",
                           "<schema>" + json.dumps(t.gold_schema, separators=(", ", ": ")) + "</schema>"))
         if rng.random() < self.typo_p and " FROM " in t.gold_sql:  # "FOM": SQLite reports a syntax error
-            plan.append(_turn("write the query", "generate_sql", _call(t.gold_sql.replace(" FROM ", " FOM ", 1))))
+            plan.append(_turn(t.question, "generate_sql", _call(t.gold_sql.replace(" FROM ", " FOM ", 1))))
             plan.append(_turn("fix the syntax error", "generate_sql", _call(t.gold_sql)))
-        else:
-            plan.append(_turn("write the query", "generate_sql", _call(t.gold_sql)))
+        else:  # the question restated right before the query: its values are then a short copy away
+            plan.append(_turn(t.question, "generate_sql", _call(t.gold_sql)))
         plan.append(_turn("the query is verified", "confirm_answer", f"<answer>{t.gold_sql}</answer>"))
         return plan
 
