@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 STAMPS := .stamps
 CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/null)
 
-.PHONY: all setup build test test-fast test-interpreter test-slow demo demo-kernels bench clean distclean
+.PHONY: all setup build test test-fast test-interpreter test-slow test-mutations demo demo-kernels bench clean distclean
 
 all: test
 
@@ -61,6 +61,10 @@ test-interpreter: build
 
 test-slow: build
 	LCK_SLOW_TESTS=1 $(MAKE) test
+
+# one-line mutations of policy_loss/{math,config}.py and the objectives, each run in a temp copy: all must be KILLED
+test-mutations: build
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(PY) tests/oracles/mutations.py
 
 DEMO_ARGS ?=
 demo: build
