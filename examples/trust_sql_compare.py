@@ -40,19 +40,32 @@ def main(argv=None) -> dict:
     ap.add_argument("--objectives", nargs="+", default=["dual_track_grpo", "grpo"])
     ap.add_argument("--out", default="runs/trust_sql_compare")
     ap.add_argument("--set", action="append", default=[], help="extra config overrides (key=value)")
+    ap.add_argument("--from-checkpoint", default=None,
+                    help="start from the policy of a checkpoint.pt saved at the end of the warm-up of this config "
+                         "(e.g. runs/trust_sql/checkpoint.pt of a run with log.checkpoint_every dividing sft.steps) "
+                         "instead of running the warm-up")
     args = ap.parse_args(argv)
     out = Path(args.out)
     sft = [] if args.sft_steps is None else [f"sft.steps={args.sft_steps}"]
     common = sft + ["log.progress=false", "log.plots=false", "log.checkpoint_every=0"] + args.set
 
     t0 = time.perf_counter()
-    warm = Trainer(load_config(CONFIG, common + ["rl.steps=0", f"log.output_dir={out / 'warmup'}"]))
-    warm.fit()
-    state = {k: v.clone() for k, v in warm.model.state_dict().items()}
-    sft_steps = warm.config.sft.steps
+    if args.from_checkpoint:
+        ckpt = torch.load(args.from_checkpoint, weights_only=False)
+        state, sft_steps = ckpt["model"], int(ckpt["step"])
+        want = load_config(CONFIG, common).sft.steps
+        if sft_steps != want:
+            raise SystemExit(f"--from-checkpoint: {args.from_checkpoint} is from step {sft_steps}, not the end of the "
+                             f"{want}-step warm-up")
+    else:
+        warm = Trainer(load_config(CONFIG, common + ["rl.steps=0", f"log.output_dir={out / 'warmup'}"]))
+        warm.fit()
+        state = {k: v.clone() for k, v in warm.model.state_dict().items()}
+        sft_steps = warm.config.sft.steps
     print(f"warm-up: {sft_steps} steps, {time.perf_counter() - t0:.0f} s", flush=True)
 
     runs = []
+    before = before_c = None  # the starting policy's greedy evaluation: the same for every run
     for seed in args.seeds:
         for obj in args.objectives:
             extra = ["rl.objective_args={eps_high: 0.28}"] if obj == "grpo" else []
@@ -63,7 +76,8 @@ def main(argv=None) -> dict:
             tr = Trainer(cfg)
             tr.model.load_state_dict(state)
             tr.step = sft_steps
-            before, before_c = tr.evaluate(), dict(tr.eval_components)
+            if before is None:
+                before, before_c = tr.evaluate(), dict(tr.eval_components)
             rows = [r for r in tr.fit() if r["phase"] == "rl"]
             after_c = tr.eval_components
             rewards = [r["reward_mean"] for r in rows]

@@ -85,6 +85,10 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
 
         self.objective = get_objective(cfg.rl.objective, **cfg.rl.objective_args)
+        if "temperature" not in cfg.rl.objective_args and getattr(self.objective, "temperature", None) is not None:
+            # the loss scores the sampled tokens at the sampling temperature (as verl's actor does): the policy
+            # gradient is then taken of the distribution the rollouts were drawn from
+            self.objective = self.objective.replace(temperature=cfg.rl.temperature)
         probe = self.make_env()
         self.is_text_env = isinstance(probe, TextEnvAdapter)
         self.renderer_name = cfg.agent.renderer if cfg.agent.renderer != "auto" else \

@@ -544,3 +544,11 @@ def test_span_stats_by_hand():
     assert out["span_schema_frac"] == pytest.approx(2 / 3)
     assert out["span_schema_adv_var"] == pytest.approx(1.0)
     assert out["span_schema_schema_advantages_var"] == pytest.approx(4.0)
+
+
+def test_the_loss_scores_tokens_at_the_sampling_temperature(tmp_path):
+    """Rollouts sampled at rl.temperature are scored by the loss at that temperature (verl's actor divides the logits
+    by it too); an explicit objective_args temperature wins."""
+    assert Trainer(tiny_config(tmp_path / "a", rl={"temperature": 0.7})).objective.temperature == 0.7
+    cfg = tiny_config(tmp_path / "b", rl={"temperature": 0.7, "objective_args": {"temperature": 1.0}})
+    assert Trainer(cfg).objective.temperature == 1.0
