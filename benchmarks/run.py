@@ -211,6 +211,13 @@ def _parser(mod: ModuleType | None) -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_CSV), help=f"CSV to append rows to (default: {DEFAULT_CSV})")
     p.add_argument("--plot-dir", default=str(DEFAULT_PLOT_DIR),
                    help=f"folder for the PNG plots (default: {DEFAULT_PLOT_DIR})")
+    p.add_argument("--contention", action="store_true",
+                   help="run the op alone and beside a competing torch process, in fresh workers, and report the "
+                        "slowdown (benchmarks/contention.py; no memory rows, no plots)")
+    p.add_argument("--contention-threads", type=int, default=2, help="the competitor's torch threads (default: 2)")
+    p.add_argument("--contention-policies", nargs="+", default=None,
+                   help="OpenMP wait policies of the measured workers: lckernels (the shipped default), "
+                        "omp-default (default: both)")
     if mod is not None:
         g = p.add_argument_group(f"{mod.OP} parameters")
         for name, default in mod.DEFAULTS.items():
@@ -242,6 +249,19 @@ def main(argv: list[str] | None = None) -> int:
                 params[name] = _split(value, type(default[0]))
         else:
             params[name] = value
+    if args.contention:
+        from .contention import POLICIES, format_contention, run_contention
+        try:
+            rows = run_contention(args.op, params=params, providers=_split(args.providers), modes=_split(args.modes),
+                                  repeats=args.repeats, warmup=args.warmup,
+                                  policies=_split(args.contention_policies) or POLICIES,
+                                  competitor_threads=args.contention_threads, out=args.out, verbose=True)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(format_contention(rows))
+        print(f"appended {len(rows)} rows to {args.out}")
+        return 0
     try:
         rows = run(args.op, modes=_split(args.modes), providers=_split(args.providers), repeats=args.repeats,
                    warmup=args.warmup, memory=not args.no_memory,

@@ -3,6 +3,9 @@
 
 #include <torch/extension.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <bit>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -22,6 +25,13 @@
   LCK_CHECK_DTYPE(x, dt)
 
 namespace lck {
+
+// Threads of every OpenMP region in csrc: torch's intra-op budget (torch.set_num_threads, which the trainer sets
+// from the cores actually available), not the OpenMP default (OMP_NUM_THREADS or every CPU).  at::get_num_threads()
+// also applies that budget to a thread that has not run a torch op yet (omp_set_num_threads is per thread), and it
+// stays right if the extension and torch ever load two different OpenMP runtimes.  Use as
+// `#pragma omp parallel for num_threads(lck::num_threads())`.
+inline int num_threads() { return std::max(1, at::get_num_threads()); }
 
 // exp(x) for float, written so that GCC/Clang vectorize it inside `#pragma omp simd` loops (libm's expf is a call
 // that blocks vectorization without -ffast-math).  Range reduction x = n*ln2 + r, |r| <= ln2/2 (n rounded with the

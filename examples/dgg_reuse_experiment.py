@@ -4,7 +4,7 @@ For every seed the supervised warm-up runs once; then the RL phase runs once per
 state (model weights, RNG states and prompt-pool statistics copied), so all arms of a seed see the same first rollout
 batch, and a gated arm is bit-identical to the ungated one until its gate first fires.
 
-Default arms (all: configs/default.yaml + DEFAULT_SET, i.e. 16 prompts x 8 rollouts per RL step, RL lr 3e-4, no
+Default arms (all: lckernels_rl/configs/default.yaml + DEFAULT_SET, i.e. 16 prompts x 8 rollouts per RL step, RL lr 3e-4, no
 gradient clipping, 40 RL steps):
 
     ungated     rl.reuse = 8, no gate                                 (aggressive reuse: the baseline of the claim)

@@ -1,6 +1,6 @@
 """Dual-Track GRPO vs plain GRPO on ``trust_sql`` from one shared supervised warm-up (issue 12's side-by-side).
 
-One warm-up run (``configs/trust_sql.yaml`` with ``rl.steps=0``) gives the starting policy; then, for every seed, the
+One warm-up run (``lckernels_rl/configs/trust_sql.yaml`` with ``rl.steps=0``) gives the starting policy; then, for every seed, the
 same RL budget with ``dual_track_grpo`` (the config's objective) and with ``grpo`` (the same clip range, 0.2 / 0.28,
 and the answer reward only).  Per run it reports the greedy held-out execution accuracy before and after RL, the
 proposal precision, the train reward over the first and last 10 RL steps, and the variance (over the samples that
@@ -24,7 +24,7 @@ import torch
 
 from lckernels_rl.train import Trainer, load_config
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "trust_sql.yaml"
+CONFIG = "trust_sql"  # the bundled lckernels_rl/configs/trust_sql.yaml
 
 
 def _mean(rows, key):

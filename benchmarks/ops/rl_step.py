@@ -1,8 +1,8 @@
 """Providers for ``rl_step``: one full RL step of the end-to-end trainer (rollout + scoring + update).
 
 Each provider is a :class:`lckernels_rl.train.Trainer` built from a bundled config (``config``, default
-``configs/default.yaml``: the tiny LongCat-Flash MoE on 2-digit addition), with the same seed, so every provider
-starts from the same weights and samples the same batch at step 1.  A call is ``Trainer.fit(max_steps=1)``: the
+``lckernels_rl/configs/default.yaml``: the tiny LongCat-Flash MoE on 2-digit addition), with the same seed, so
+every provider starts from the same weights and samples the same batch at step 1.  A call is ``Trainer.fit(max_steps=1)``: the
 trainer's rollout source samples ``rollouts`` episodes of ``prompts`` tasks (HF ``generate`` through the agent loop;
 one turn for the text tasks, several for tool tasks), scores them, then the update (policy forward, loss, backward,
 gradient norms, clipping, AdamW).  The benchmark settings replace the config's: no supervised warm-up in the

@@ -20,7 +20,7 @@ torch::Tensor soft_gaussian_gate(torch::Tensor ratio, torch::Tensor old_logprobs
   float* W = out.data_ptr<float>();
   const int64_t n = ratio.numel();
   const float sb = sigma_base, al = alpha, bp = beta_pos, bn = beta_neg, sh = sigma_high, lo = a_low, hi = a_high;
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) num_threads(lck::num_threads())
   for (int64_t i = 0; i < n; ++i) {
     const float r = R[i], a = A[i];
     // p_old^alpha = exp(alpha * log p_old); sigma_mass = clamp(sigma_base / p_old^alpha, sigma_base, sigma_high)

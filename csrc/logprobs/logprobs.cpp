@@ -34,7 +34,7 @@ void logprobs_fwd_chunk(torch::Tensor logits, torch::Tensor targets, int64_t chu
   float* ZY = zy.data_ptr<float>();
   const float scale = static_cast<float>(inv_temperature);
 
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(lck::num_threads())
   for (int64_t i = 0; i < N; ++i) {
     float* z = Z + i * C;
     float mc = -std::numeric_limits<float>::infinity();
@@ -120,7 +120,7 @@ void logprobs_bwd_chunk(torch::Tensor logits, torch::Tensor targets, int64_t chu
   const float* GE = has_ge ? grad_entropy.data_ptr<float>() : nullptr;
   const float scale = static_cast<float>(inv_temperature);
 
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(lck::num_threads())
   for (int64_t i = 0; i < N; ++i) {
     float* z = Z + i * C;
     if (Y[i] == ignore_index) {

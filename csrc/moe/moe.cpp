@@ -194,7 +194,7 @@ torch::Tensor moe_combine_fwd(torch::Tensor y, torch::Tensor x, torch::Tensor we
   const int64_t* RS = row_of_slot.data_ptr<int64_t>();
   float* O = out.data_ptr<float>();
   check_rows(RS, T * K, R);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(lck::num_threads())
   for (int64_t t = 0; t < T; ++t) {
     float* o = O + t * H;
 #pragma omp simd
@@ -237,7 +237,7 @@ std::vector<torch::Tensor> moe_combine_bwd(torch::Tensor d_rows, torch::Tensor g
   float* DX = dx.data_ptr<float>();
   float* DW = dw.data_ptr<float>();
   check_rows(RS, T * K, R);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(lck::num_threads())
   for (int64_t t = 0; t < T; ++t) {
     float* o = DX + t * H;
     const float* g = G + t * H;

@@ -6,15 +6,13 @@
 // instead of one fork/join of all threads per GEMM when a Python loop calls torch.mm per group.
 #pragma once
 
+#include "common.h"
+
 #include <torch/extension.h>
 
 #include <algorithm>
 #include <exception>
 #include <vector>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace lck {
 
@@ -32,7 +30,7 @@ struct Item {
 template <typename F>
 void for_each_item(const std::vector<Item>& items, F body) {
   std::exception_ptr error = nullptr;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(lck::num_threads())
   for (size_t i = 0; i < items.size(); ++i) {
     try {
       at::NoGradGuard no_grad;  // grad mode is thread-local: the OpenMP workers must not record autograd for mm_out
@@ -60,12 +58,7 @@ inline std::vector<Item> row_items(const int64_t* offsets, int64_t G, int64_t bl
   return items;
 }
 
-inline int64_t max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
+// the threads for_each_item runs on (torch's budget, see lck::num_threads in common.h)
+inline int64_t max_threads() { return num_threads(); }
 
 }  // namespace lck

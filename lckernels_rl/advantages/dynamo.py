@@ -1,8 +1,10 @@
 """DynaMO token-level advantage modulation: compensate high-confidence correct tokens, damp entropy-unstable ones.
 
 Paper: Fang et al. 2026, *How to Allocate, How to Learn? Dynamic Rollout Allocation and Advantage Modulation for
-Policy Optimization* (arXiv 2602.19208); code: github.com/GithubX-F/DynaMO-RL (``dp_actor.py``,
-``entropy_advantage_mode="decay6_linearnorm"``, the mode its example script runs).
+Policy Optimization* (arXiv 2602.19208); code: github.com/GithubX-F/DynaMO-RL at commit 63e5ec9 ("fix entropy
+estimation granularity and padding mask in dp_actor"), ``verl/workers/actor/dp_actor.py``
+(``_compute_entropy_estimation`` and the ``entropy_advantage_mode="decay6_linearnorm"`` branch, the mode
+``examples/dynamo_trainer/run_qwen2.5-math-7b.sh`` runs).
 
 Equation (``A`` advantage, ``H`` entropy of the policy at the token, ``pi = exp(log pi)`` probability of the sampled
 token, ``rho`` importance ratio, all detached)::
@@ -15,17 +17,19 @@ token, ``rho`` importance ratio, all detached)::
 
 defaults ``lambda_min = 0.6, mu_max = 1.2, gamma = 50, tau = 0.99``.
 
-Source status: ``beta_comp``, ``beta_stab``, the defaults and the unclipped indicator are **verified from the
-authors' code**; ``1_unclipped`` there is ``(A > 0 and rho <= 1 + eps_high) or (A < 0 and rho >= 1 - eps_low)``
-(see :func:`ppo_unclipped_mask`; their runs use eps_low = 0.2 and eps_high = 0.2 raised to 0.28 by their
-``enable_clip_ratio`` default).  The entropy-change estimate ``dH`` above (per token, centred by its mean over the
-sequence's valid tokens) is the issue's statement of the paper's first-order estimate and is our default
-(``entropy_change="centered"``).  The released code computes a different estimate -- one value per sequence,
-``|sum_t -pi_t^2 (log pi_t + H_t) xi_t|`` (no centring, ``pi`` squared, a constant ``eta`` that cancels in ``x``),
-broadcast to its tokens; it is available as ``entropy_change="released_code"``.  Our choices: ``H_max``/``H_min``
-and ``max|dH|`` are taken over the batch's **valid** tokens (the released code also includes padding); when
-``H_max == H_min`` we set ``beta_comp = 1`` and when ``max|dH| == 0`` we set ``x = 0``; positions outside
-``response_mask`` pass through unchanged.
+Source status: **verified** (``dp_actor.py`` read at 63e5ec9): the per-token ``dH`` centred by its mean over the
+sequence's valid tokens (their comment: "DynaMO Eq.29", token granularity, shape (bsz, seq_len)), ``H_max`` /
+``H_min`` and ``max|dH|`` over the **valid** tokens only (padding masked), ``beta_comp``, ``beta_stab`` and its
+constants, and ``1_unclipped = (A > 0 and rho <= 1 + eps_high) or (A < 0 and rho >= 1 - eps_low)``
+(:func:`ppo_unclipped_mask`; their script sets eps_low = eps_high = 0.2 and ``_get_adjusted_clip_ratio_high``
+raises a high bound of 0.2 to 0.28 unless ``enable_clip_ratio`` is off) -- this is our default,
+``entropy_change="centered"``.  The superseded first commit (496c27f) computed one value per sequence,
+``|sum_t -eta pi_t^2 (log pi_t + H_t) xi_t|`` (no centring, ``pi`` squared, a constant ``eta`` that cancels in
+``x``), broadcast to its tokens, and took ``H_max`` / ``H_min`` over padding too; its estimate is available as
+``entropy_change="first_commit"`` (``"released_code"``, its former name, is still accepted) -- with ``H_max`` /
+``H_min`` over the valid tokens as everywhere here.  Ours (**inferred**): the released code adds 1e-8 to both
+denominators; we set ``beta_comp = 1`` when ``H_max == H_min`` and ``x = 0`` when ``max|dH| == 0`` instead (the
+same limits); positions outside ``response_mask`` pass through unchanged.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def dynamo_modulation(
     tau: float = 0.99,
     eps_low: float = 0.2,
     eps_high: float = 0.28,
-    entropy_change: Literal["centered", "released_code"] = "centered",
+    entropy_change: Literal["centered", "first_commit", "released_code"] = "centered",
     return_factors: bool = False,
 ):
     """Modulate per-token advantages as DynaMO does; the result is detached.
@@ -77,7 +81,8 @@ def dynamo_modulation(
             :func:`ppo_unclipped_mask` with ``eps_low`` / ``eps_high``.
         response_mask: ``[B, T]`` valid tokens (default: all).
         mu_max, lambda_min, gamma, tau: the modulation constants (paper / code defaults).
-        entropy_change: ``"centered"`` (default, the paper's per-token estimate) or ``"released_code"``.
+        entropy_change: ``"centered"`` (default: the released per-token estimate, commit 63e5ec9) or
+            ``"first_commit"`` (the superseded per-sequence estimate; alias ``"released_code"``).
         return_factors: also return ``(beta_comp, beta_stab)``.
 
     Returns:
@@ -106,8 +111,9 @@ def dynamo_modulation(
         if clipped_mask.shape != shape:
             raise ValueError(f"clipped_mask must be {tuple(shape)}, got {tuple(clipped_mask.shape)}")
         unclipped = ~clipped_mask
-    if entropy_change not in ("centered", "released_code"):
-        raise ValueError(f"entropy_change must be 'centered' or 'released_code', got {entropy_change!r}")
+    if entropy_change not in ("centered", "first_commit", "released_code"):
+        raise ValueError("entropy_change must be 'centered' or 'first_commit' (alias 'released_code'), "
+                         f"got {entropy_change!r}")
     if not 0.0 <= lambda_min <= 1.0:
         raise ValueError(f"lambda_min must lie in [0, 1], got {lambda_min}")
 

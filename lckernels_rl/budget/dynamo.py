@@ -1,14 +1,24 @@
 """DynaMO rollout allocation: water-fill the budget by each prompt's Bernoulli-variance priority.
 
 Paper: Fang et al. 2026, *How to Allocate, How to Learn? Dynamic Rollout Allocation and Advantage Modulation for
-Policy Optimization* (arXiv 2602.19208); code: github.com/GithubX-F/DynaMO-RL (``recipe/dynamo/rl_dataset.py``
-``update_rank`` and ``recipe/dynamo/dynamo_ray_trainer.py`` ``get_rollout_n_per_prompt``).
+Policy Optimization* (arXiv 2602.19208); code: github.com/GithubX-F/DynaMO-RL at commit 63e5ec9
+(``recipe/dynamo/rl_dataset.py`` ``update_rank`` / ``update_prompt_stats``,
+``recipe/dynamo/dynamo_ray_trainer.py`` ``get_rollout_n_per_prompt``,
+``examples/dynamo_trainer/run_qwen2.5-math-7b.sh``).
 
-Priority of a prompt from its cumulative history (``k`` successes in ``G`` rollouts over all past steps)::
+Priority of a prompt from its cumulative history (``k`` successes in ``G`` rollouts over all past steps,
+``acc = k / G``)::
 
-    priority = k (G - k) / (G (G - 1))     (unbiased Bernoulli variance; the paper's proxy of gradient informativeness)
-    priority = 0.01                         when k / G >= 0.85 (mastered), and as a floor
-    priority = 1.0                          when G = 0 (unseen)
+    priority = 4 acc (1 - acc)               priority_form="released_code" (default; released update_rank)
+    priority = k (G - k) / (G (G - 1))       priority_form="unbiased" (the issue's unbiased Bernoulli variance)
+    priority = 0.01                          when acc >= 0.85 (mastered), and as a floor
+    priority = 1.0                           when G = 0 (unseen)
+
+The two forms order prompts alike; the released one peaks at 1 (the unseen priority) while the unbiased one peaks
+near 1/4, so under the released scale an unseen prompt weighs like an ``acc = 0.5`` prompt, under the unbiased one
+about four times more.  The released ``acc`` counts the rollouts whose reward beat the *batch* mean
+(``advantage_positive_count``); with 0/1 rewards that is the success count whenever the batch mean lies in
+(0, 1), which we assume (pass that count as ``successes`` to follow the released code exactly).
 
 Allocation of ``budget = n * P`` (default ``n = 16``):
 
@@ -18,15 +28,17 @@ Allocation of ``budget = n * P`` (default ``n = 16``):
 3. the rest is water-filled in proportion to the priority, capped at ``n_high`` (24), capacity freed by capped
    prompts re-poured over the others; integer rounding by largest remainder.
 
-Source status: steps 1-3, the 0.85 mastery threshold, the 0.01 floor, the unseen priority 1.0 and the defaults
-(``n = 16, n_low = 8, n_high = 24`` in the authors' example script) are **verified from the authors' code**.  Notes:
-the released ``update_rank`` computes ``4 acc (1 - acc)`` (same ordering, scaled to peak at 1) from the fraction of
-rollouts whose reward beat the batch mean -- ``priority_form="released_code"`` selects that scale on the
-``k / G`` success rate; the default is the issue's unbiased form.  The trainer passes ``initial_budget = 4`` but
-the allocator raises it to ``max(n_low, initial_budget)``, so with the defaults step 1 is subsumed by step 2; we
-keep the parameter (default ``n_low``).  When the budget cannot cover step 1 for every new prompt we first give
-everyone ``n_low`` and share the rest in proportion to the outstanding exploration need (the released code scales
-step 1 down instead, which can leave prompts under ``n_low``); ``n_low`` is always honoured here.
+Source status: the priority (``4 acc (1 - acc)``, the 0.85 mastery threshold, the 0.01 floor, the unseen priority
+1.0), steps 1-3 and the defaults ``n = 16, n_low = 8, n_high = 24`` (the example script's ``n_resp_per_prompt``,
+``rollout.n_low``, ``rollout.n_high``) are **verified** (the files above read at 63e5ec9).  The released trainer
+recomputes the priorities once per epoch (``update_rank`` after the loop over batches) while the counts grow every
+step; callers of this function choose when to refresh ``successes`` / ``counts`` (the library's trainer: every
+step).  The released
+``get_rollout_n_per_prompt`` raises ``initial_budget`` to ``max(n_low, initial_budget)``, so with the defaults
+step 1 is subsumed by step 2; we keep the parameter (default ``n_low``).  Ours (**inferred**): when the budget
+cannot cover step 1 for every new prompt we first give everyone ``n_low`` and share the rest in proportion to the
+outstanding exploration need (the released code scales step 1 down instead, which can leave prompts under
+``n_low``); ``n_low`` is always honoured here; rounding ties in seeded order.
 """
 
 from __future__ import annotations
@@ -42,7 +54,7 @@ __all__ = ["dynamo_priority", "dynamo_allocate"]
 
 def dynamo_priority(successes, counts, *, mastery_threshold: float = 0.85, min_priority: float = 0.01,
                     unseen_priority: float = 1.0,
-                    priority_form: Literal["unbiased", "released_code"] = "unbiased") -> np.ndarray:
+                    priority_form: Literal["released_code", "unbiased"] = "released_code") -> np.ndarray:
     """``[P]`` priorities from cumulative successes ``k`` and rollout counts ``G`` (module docstring)."""
     k = np.asarray(successes, dtype=np.float64)
     g = np.asarray(counts, dtype=np.float64)
@@ -74,7 +86,7 @@ def dynamo_allocate(
     mastery_threshold: float = 0.85,
     min_priority: float = 0.01,
     unseen_priority: float = 1.0,
-    priority_form: Literal["unbiased", "released_code"] = "unbiased",
+    priority_form: Literal["released_code", "unbiased"] = "released_code",
     seed: int | None = 0,
 ) -> np.ndarray:
     """``[P]`` int64 rollout counts by DynaMO's water-level allocation.

@@ -4,11 +4,16 @@
   subset (so the sum is exact).
 * ``dapo_filter`` -- DAPO (Yu et al. 2025, arXiv 2503.14476, Sec. 3.2 "dynamic sampling"): groups whose rewards are all
   equal (all-0 / all-1: zero advantage, zero gradient) are dropped and the batch is refilled with informative ones.
-  Source status: the filter rule is **verified** against the DAPO recipe in verl (keep a group when its reward std
-  > 0 or it has one response).  As an allocator over a candidate pool (our reading): prompts whose *previous* group
-  was degenerate keep ``n_min`` rollouts (0 by default: dropped), the others share the budget evenly up to
-  ``n_max``; whatever they cannot absorb refills the dropped prompts evenly.  With no informative prompt left the
-  budget is spread over all prompts.
+  Source status: **verified** against the DAPO recipe in verl (``volcengine/verl`` ``recipe/dapo/dapo_ray_trainer.py``
+  at commit 004c888, and its copy in ``chenyuxin1999/Learning-to-Self-Verify`` 1c6f762, both read): over the step's
+  *own* rollouts, a group is kept when its reward std > 0 or it has one response; new generation batches are sampled
+  until ``train_batch_size`` groups are kept (at most ``max_num_gen_batches``, non-positive: no cap; at the cap verl
+  raises), and the first ``train_batch_size`` kept groups are trained.  That filter-and-refill needs the rollouts,
+  so it lives in the trainer's rollout source (``lckernels_rl.train.sources.EpisodeSource``, ``rl.dynamic_sampling``,
+  the default for this allocator); the allocator then just spreads the budget evenly.  This function keeps the old
+  *predictive* mode (``rl.dynamic_sampling: off``; ours, inferred): prompts whose *previous* group was degenerate keep
+  ``n_min`` rollouts (0 by default: dropped), the others share the budget evenly up to ``n_max``; whatever they cannot
+  absorb refills the dropped prompts evenly.  With no informative prompt left the budget is spread over all prompts.
 """
 
 from __future__ import annotations

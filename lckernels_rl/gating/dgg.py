@@ -1,10 +1,14 @@
 """Dynamic Gradient Gating (DGG): stop reusing a rollout batch when the lm_head gradient norm surges.
 
-Paper: "Disproportionate Weight Divergence" (arXiv 2605.19425).  What each detail here rests on:
+Paper: Miao et al. 2026, *When to Stop Reusing: Dynamic Gradient Gating for Sample-Efficient RLVR*
+(arXiv 2605.19425; "Disproportionate Weight Divergence" (DWD) is the phenomenon it names, not its title).  What each
+detail here rests on:
 
-* **Paper abstract** -- reusing a rollout batch for several updates can collapse the policy in RLVR; the collapse
-  shows first as a surge of the lm_head gradient norm while the other layers stay calm; gating on that signal gives
-  up to 2.93x sample efficiency.
+* **Paper abstract** (read on arxiv.org/abs/2605.19425) -- reusing a rollout batch for several updates amplifies
+  policy shift and degrades RLVR; the degradation is synchronised with a sharp surge of the lm_head weight change
+  while intermediate layers stay stable (DWD), and the lm_head gradient norm lower-bounds the policy divergence, so
+  DGG monitors that norm in real time and intercepts harmful gradients before they reach the optimizer; up to
+  2.93x sample efficiency.
 * **Third-party notes of the paper (not verified against the authors' code)** -- after backward take
   ``g_t = ||grad W_lm_head||^2`` and its increment ``dg_t = g_t - g_{t-1}``; keep a sliding-window mean and std of
   recent steps; the gate is active once the window is full and the reuse index is > 1; when the z-score exceeds

@@ -53,6 +53,8 @@ from typing import Callable, Iterable, Mapping, Optional
 
 import torch
 
+import lckernels
+
 from ..objectives import get_objective, list_objectives
 from ..objectives.self_verify import SelfVerify
 
@@ -176,11 +178,14 @@ def make_policy_loss(name: str, *, params: Optional[dict] = None, host_config: b
             raise ValueError(f"{PREFIX}{name} needs extra inputs {missing} that verl's stock actor does not pass; "
                              "call it from an actor that passes them as keyword arguments")
         loss, m = obj(log_prob, old_log_prob, adv, mask, **call_kw)
-        loss = loss * _global_scale(getattr(obj, "loss_agg", "token-mean"), loss_agg_mode, mask, gbi)
+        loss_agg = getattr(obj, "loss_agg", "token-mean")
+        # a pinned aggregation ignores loss_agg_mode, "token-sum" included (DAPO stays a token-mean)
+        host_mode = loss_agg if obj.name in PINNED_AGG else loss_agg_mode
+        loss = loss * _global_scale(loss_agg, host_mode, mask, gbi)
         valid = mask.bool()
         n = max(int(valid.sum()), 1)
         with torch.no_grad():
-            log_r = (log_prob.detach().float() - old_log_prob.float()).clamp(-20, 20)
+            log_r = lckernels.log_ratio(log_prob.detach().float(), old_log_prob.float())  # +-20, as verl
             ppo_kl = float(torch.where(valid, -log_r, torch.zeros((), device=log_r.device)).sum()) / n
             lower = 0.0
             c = getattr(obj, "eps_neg_high", None)

@@ -37,7 +37,7 @@ import torch
 import lckernels
 from lckernels import PolicyLossConfig
 
-from .base import Objective, aggregation_weights, expand_advantages, to_metrics
+from .base import Objective, expand_advantages, to_metrics
 from .registry import register_objective
 
 __all__ = ["AOPD", "local_kl", "teacher_token_log_prob"]
@@ -131,7 +131,7 @@ class AOPD(Objective):
             raise ValueError("aopd: student and teacher logits must share the last dimension (V, or k with "
                              f"teacher_topk_ids); got {student_neg.shape[-1]} and {teacher_neg.shape[-1]}")
         kl_tok = local_kl(student_neg, teacher_neg, self.temperature, self.teacher_temperature)
-        w = aggregation_weights(valid, self.loss_agg, self.loss_norm_constant)[neg]
+        w = lckernels.loss_agg_weights(valid, self.loss_agg, self.loss_norm_constant)[neg]  # the kernel's own
         return (w * kl_tok).sum(), kl_tok
 
     def _finish(self, pg_loss, stats, kl_loss, kl_tok, valid, pos):

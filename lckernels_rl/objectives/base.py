@@ -33,9 +33,6 @@ __all__ = ["Objective", "ObjectiveContext", "PolicyObjective", "SOURCES", "to_me
 
 SOURCES = ("verified", "third-party", "inferred")
 
-# rc_threshold that never truncates: the kernel clamps log-ratios to +-20, so a weight is at most e^20 ~ 4.9e8.
-NO_TRUNCATION = 1e12
-
 
 def to_metrics(loss: torch.Tensor, stats: dict, prefix: str = "") -> dict[str, float]:
     """``{prefix + "loss": float(loss), prefix + stat: float, ...}``."""
@@ -52,23 +49,8 @@ def expand_advantages(advantages: torch.Tensor, shape) -> torch.Tensor:
     return adv.expand(shape)
 
 
-def aggregation_weights(valid: torch.Tensor, loss_agg: str, loss_norm_constant: Optional[float] = None) -> torch.Tensor:
-    """Per-token weights [B, T] of ``PolicyLossConfig.loss_agg`` (the same weights :func:`lckernels.fused_policy_loss`
-    applies), so a term the kernel does not compute (e.g. AOPD's local KL) is aggregated exactly like the loss."""
-    vf = valid.float()
-    b, t = vf.shape
-    n_valid = int(valid.sum())
-    per_seq = vf.sum(1)
-    n_seq = int((per_seq > 0).sum())
-    if loss_agg == "token-mean":
-        return vf / max(n_valid, 1)
-    if loss_agg == "seq-mean-token-sum":
-        return vf / max(n_seq, 1)
-    if loss_agg == "seq-mean-token-mean":
-        return vf / (per_seq.clamp_min(1)[:, None] * max(n_seq, 1))
-    if loss_agg == "seq-mean-token-sum-norm":
-        return vf / (b * (loss_norm_constant if loss_norm_constant is not None else t))
-    raise ValueError(f"unknown loss_agg {loss_agg!r}")
+# The per-token weights of ``PolicyLossConfig.loss_agg``: the kernel's own (one implementation, in lckernels).
+aggregation_weights = lckernels.loss_agg_weights
 
 
 @dataclass
@@ -146,26 +128,20 @@ class Objective:
                             f"{sorted(allowed) or 'no extra inputs'}")
 
 
-def _fold_token_weight(cfg: PolicyLossConfig, token_weight: torch.Tensor, advantages: torch.Tensor,
-                       old: torch.Tensor):
-    """Express a per-token multiplicative weight w >= 0 on the policy-gradient term (e.g. verl's precomputed
-    ``rollout_is_weights``) through the kernel's own rollout correction, exactly for every mode:
-    ``rollout = old - log w`` with ``token_truncate`` at a threshold that never truncates gives the factor w
-    (log w clamped to +-20 like every log-ratio); tokens with w = 0 get advantage 0 (their term is then 0 in every
-    mode) instead of log 0."""
+def _token_weight(cfg: PolicyLossConfig, token_weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Check a per-token multiplicative weight w >= 0 on the policy-gradient term (e.g. verl's precomputed
+    ``rollout_is_weights``) and return it detached, for the kernel's ``pg_weight`` (exact for every mode)."""
     if cfg.needs_rollout_logprobs:
         raise ValueError("token_weight cannot be combined with an objective that applies its own rollout correction "
                          f"(mode={cfg.mode!r}, rollout_correction={cfg.rollout_correction!r}); pass rollout_log_prob")
+    if not isinstance(token_weight, torch.Tensor):
+        raise TypeError(f"token_weight must be a torch.Tensor; got {type(token_weight).__name__}")
     w = token_weight.detach().float()
-    if tuple(w.shape) != tuple(old.shape):
-        raise ValueError(f"token_weight must have shape [B, T] = {tuple(old.shape)}; got {tuple(w.shape)}")
+    if tuple(w.shape) != tuple(like.shape):
+        raise ValueError(f"token_weight must have shape [B, T] = {tuple(like.shape)}; got {tuple(w.shape)}")
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
         raise ValueError("token_weight must be finite and >= 0")
-    keep = w > 0
-    rollout = old.detach().float() - torch.log(torch.where(keep, w, torch.ones_like(w)))
-    adv = torch.where(keep, expand_advantages(advantages, w.shape), torch.zeros((), device=w.device))
-    cfg = dataclasses.replace(cfg, rollout_correction="token_truncate", rc_threshold=NO_TRUNCATION)
-    return adv, rollout, cfg
+    return w
 
 
 @dataclass(kw_only=True)
@@ -181,8 +157,7 @@ class PolicyObjective(Objective):
         kl_beta: KL coefficient (0: no penalty; > 0 requires ``ref_log_prob``).
         kl_ratio_weighted: multiply each token's KL by the importance ratio r = π_θ/π_old (differentiable), the
             unbiased reverse-KL gradient of DeepSeek-V3.2 (TRL's ``use_bias_correction_kl``; for GSPO the sequence
-            ratio).  The kernel has no such option, so the fused path then runs one extra
-            :func:`lckernels.fused_logprobs` pass for this term.
+            ratio) -- the kernel's ``PolicyLossConfig.kl_ratio_weighted`` (no extra pass over the logits).
         entropy_coef: subtracts ``entropy_coef`` x aggregated entropy (the per-token path then needs ``entropy=``).
         temperature: logits temperature of the fused path.
         nonfinite: ``PolicyLossConfig.nonfinite``.
@@ -208,9 +183,9 @@ class PolicyObjective(Objective):
 
     def policy_config(self, *, with_ref: bool = False) -> PolicyLossConfig:
         """The :class:`lckernels.PolicyLossConfig` of this objective (``with_ref``: a reference is available)."""
-        kl_beta = self.kl_beta if with_ref and not self.kl_ratio_weighted else 0.0  # weighted KL: added by us
         kw = dict(loss_agg=self.loss_agg, loss_norm_constant=self.loss_norm_constant,
-                  kl=self.kl if with_ref else None, kl_beta=kl_beta,
+                  kl=self.kl if with_ref else None, kl_beta=self.kl_beta if with_ref else 0.0,
+                  kl_ratio_weighted=self.kl_ratio_weighted,
                   entropy_coef=self.entropy_coef, temperature=self.temperature, nonfinite=self.nonfinite,
                   ignore_index=self.ignore_index)
         kw.update(self._mode_config())  # the mode may pin a shared field (e.g. lcft_tis's T_max)
@@ -223,39 +198,19 @@ class PolicyObjective(Objective):
             raise ValueError(f"objective {self.name!r}: kl_beta={self.kl_beta} needs ref_log_prob")
         return self.policy_config(with_ref=ref_log_prob is not None)
 
-    def _ratio_weighted_kl(self, cfg, log_prob, old_log_prob, ref_log_prob, valid):
-        """kl_beta * agg(KL_t * r_t), r differentiable (``kl_ratio_weighted``)."""
-        zero = torch.zeros((), device=log_prob.device)
-        lp = torch.where(valid, log_prob.float(), zero)
-        old = lp.detach() if old_log_prob is None else torch.where(valid, old_log_prob.float(), zero)
-        ref = torch.where(valid, ref_log_prob.float(), zero)
-        log_r = lp - old
-        if cfg.mode == "gspo":  # TRL broadcasts the (differentiable) sequence ratio onto the per-token KL
-            log_r = (log_r.sum(1, keepdim=True) / valid.float().sum(1, keepdim=True).clamp_min(1)).expand_as(lp)
-        r = torch.exp(log_r.clamp(-20, 20))
-        d = (ref - lp).clamp(-20, 20)
-        kl = torch.exp(d) - d - 1 if self.kl == "k3" else lp - ref
-        w = aggregation_weights(valid, self.loss_agg, cfg.loss_norm_constant)
-        return self.kl_beta * torch.where(valid, w * kl * r, zero).sum()
-
     def __call__(self, log_prob, old_log_prob, advantages, response_mask, rollout_log_prob=None, ref_log_prob=None,
                  *, entropy: Optional[torch.Tensor] = None, token_weight: Optional[torch.Tensor] = None, **extra):
         """Per-token path.  ``entropy`` [B, T]: needed when ``entropy_coef != 0``.  ``token_weight`` [B, T] >= 0:
-        multiplies each token's policy-gradient term (verl's ``rollout_is_weights``)."""
+        multiplies each token's policy-gradient term (verl's ``rollout_is_weights``; the kernel's ``pg_weight``)."""
         self._reject_unknown(extra)
         cfg = self._config_for(ref_log_prob, rollout_log_prob)
         if self.entropy_coef and entropy is None:
             raise ValueError(f"objective {self.name!r}: entropy_coef={self.entropy_coef} needs entropy= on the "
                              "per-token path (lckernels.fused_logprobs(..., return_entropy=True))")
-        if token_weight is not None:
-            old_log_prob = log_prob.detach().float() if old_log_prob is None else old_log_prob
-            advantages, rollout_log_prob, cfg = _fold_token_weight(cfg, token_weight, advantages, old_log_prob)
+        pg_weight = None if token_weight is None else _token_weight(cfg, token_weight, log_prob)
         loss, stats = lckernels.policy_loss_from_logprobs(
             log_prob, advantages, old_log_prob, mask=response_mask, rollout_logprobs=rollout_log_prob,
-            ref_logprobs=ref_log_prob, entropy=entropy, config=cfg)
-        if self.kl_ratio_weighted and self.kl_beta and ref_log_prob is not None:
-            valid = torch.ones_like(log_prob, dtype=torch.bool) if response_mask is None else response_mask.bool()
-            loss = loss + self._ratio_weighted_kl(cfg, log_prob, old_log_prob, ref_log_prob, valid)
+            ref_logprobs=ref_log_prob, entropy=entropy, pg_weight=pg_weight, config=cfg)
         return loss, to_metrics(loss, stats)
 
     def fused(self, hidden, lm_head_weight, targets, advantages, old_log_prob=None, response_mask=None,
@@ -265,23 +220,10 @@ class PolicyObjective(Objective):
         masks), the rest as in ``__call__``."""
         self._reject_unknown(extra)
         cfg = self._config_for(ref_log_prob, rollout_log_prob)
-        if token_weight is not None:
-            if old_log_prob is None:
-                with torch.no_grad():
-                    old_log_prob = lckernels.fused_logprobs(hidden, lm_head_weight, targets,
-                                                            temperature=cfg.temperature,
-                                                            ignore_index=cfg.ignore_index, backend=backend)
-            advantages, rollout_log_prob, cfg = _fold_token_weight(cfg, token_weight, advantages, old_log_prob)
+        pg_weight = None if token_weight is None else _token_weight(cfg, token_weight, targets)
         out = lckernels.fused_policy_loss(hidden, lm_head_weight, targets, advantages, old_log_prob,
                                           mask=response_mask, rollout_logprobs=rollout_log_prob,
-                                          ref_logprobs=ref_log_prob, config=cfg, backend=backend)
-        loss = out.loss
-        if self.kl_ratio_weighted and self.kl_beta and ref_log_prob is not None:
-            lp = lckernels.fused_logprobs(hidden, lm_head_weight, targets, temperature=cfg.temperature,
-                                          ignore_index=cfg.ignore_index, backend=backend)
-            valid = targets != cfg.ignore_index
-            if response_mask is not None:
-                valid = valid & response_mask.bool()
-            loss = loss + self._ratio_weighted_kl(cfg, lp, old_log_prob, ref_log_prob, valid)
-        metrics = to_metrics(loss, out.stats)
-        return (loss, metrics, out.logprobs) if return_logprobs else (loss, metrics)
+                                          ref_logprobs=ref_log_prob, pg_weight=pg_weight, config=cfg,
+                                          backend=backend)
+        metrics = to_metrics(out.loss, out.stats)
+        return (out.loss, metrics, out.logprobs) if return_logprobs else (out.loss, metrics)

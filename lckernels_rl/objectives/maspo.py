@@ -7,11 +7,17 @@ Paper: arXiv 2602.17550; the gate follows the authors' code (see :func:`lckernel
     σ_mass = clamp(σ_base / p_old^α, σ_base, σ_high),   p_old = π_old(o_it)
     σ_pos = σ_mass · clamp(1 + β_pos Â, a_low, a_high),   σ_neg = σ_mass · clamp(1 / (1 − β_neg Â), a_low, a_high)
 
-A soft Gaussian trust region whose width grows for low-probability tokens (small p_old) and with |Â|.
+A soft Gaussian trust region whose width grows for low-probability tokens (small p_old); with the advantage it
+grows as (1 + β_pos Â) for Â > 0 and shrinks as 1 / (1 + β_neg |Â|) for Â < 0 (a strongly negative advantage gets
+a *narrower* gate), each factor clamped to [a_low, a_high].
 
 Status: **verified** (formula and defaults σ_base 1, α 0.3, β± 0.03, σ_high 10, a ∈ [0.1, 10] from the authors'
-code, as recorded on :class:`lckernels.PolicyLossConfig`).  Mapping: ``mode="maspo"``.  Aggregation: the kernel
-default ``"token-mean"`` (ours; set ``loss_agg`` to match the recipe you reproduce).
+code: FlyTune/MASPO-RL, ``verl/trainer/ppo/core_algos.py``, the ``ratio_mode == "maspo"`` branch of the policy loss,
+``sigma_neg = clamp(σ_base/old_prob**α, σ_base, σ_high) * clamp(1/(1 - β_neg*advantages), a_low, a_high)``, commit
+22b4681; as recorded on :class:`lckernels.PolicyLossConfig`).  Mapping: ``mode="maspo"``; the gate w is computed by
+the library's own kernel, :func:`lckernels.soft_gaussian_gate` (C++ on the CPU path, Triton on the GPU path, in both
+the fused and the per-token loss).  Aggregation: the kernel default ``"token-mean"`` (ours; set ``loss_agg`` to
+match the recipe you reproduce).
 """
 
 from __future__ import annotations

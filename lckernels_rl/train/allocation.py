@@ -6,7 +6,11 @@ Every allocator gets its inputs from the pool's running statistics of the curren
 allocator           inputs built here
 ==================  ================================================================================================
 ``uniform``         the number of prompts
-``dapo_filter``     ``degenerate``: the prompt's last group was all-0 or all-1 (unseen prompts: not degenerate)
+``dapo_filter``     with dynamic sampling on (``rl.dynamic_sampling: auto`` / ``filter``, the default for this
+                    allocator): nothing is degenerate (an even split) -- the step's own zero-std groups are dropped
+                    and refilled by the rollout source (DAPO's recipe); ``rl.dynamic_sampling: off`` (the old
+                    predictive mode): ``degenerate`` = the prompt's last group was all-0 or all-1 (unseen prompts:
+                    not degenerate)
 ``coba``            ``success_rate``: successes / attempts (``NaN`` when unseen: CoBA's own ``unseen_p``)
 ``dynamo``          cumulative ``successes`` and ``counts``; ``n`` = budget / prompts, ``n_low`` = ``rl.n_min``,
                     ``n_high`` = ``rl.n_max`` (default 2 n)
@@ -15,6 +19,10 @@ allocator           inputs built here
 ==================  ================================================================================================
 
 ``rl.allocator_args`` are passed on as extra keyword arguments (they override the ones above).
+
+Dynamic sampling (``rl.dynamic_sampling``, :func:`dynamic_sampling_on`) is the rollout source's filter-and-refill of
+the step's zero-std groups (:meth:`lckernels_rl.train.sources.EpisodeSource._dynamic`); it works with any allocator
+(each round is allocated as above) and is on by default (``auto``) for ``dapo_filter`` only.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import numpy as np
 
 from lckernels_rl.budget import get_allocator
 
-__all__ = ["PromptPool", "allocate_rollouts", "allocator_inputs"]
+__all__ = ["PromptPool", "allocate_rollouts", "allocator_inputs", "dynamic_sampling_on"]
 
 HISTORY = 512  # (prompt, reward) pairs the value model sees
 
@@ -77,6 +85,13 @@ class PromptPool:
         self.history = deque(state["history"], maxlen=HISTORY)
 
 
+def dynamic_sampling_on(rl) -> bool:
+    """Whether a step drops its zero-std groups and samples again (``rl.dynamic_sampling``: ``filter``, or ``auto``
+    with the ``dapo_filter`` allocator)."""
+    mode = getattr(rl, "dynamic_sampling", "off")
+    return mode == "filter" or (mode == "auto" and rl.allocator == "dapo_filter")
+
+
 def _value_prediction(pool: PromptPool, idx: np.ndarray) -> np.ndarray:
     from lckernels_rl.value import InContextValueModel
 
@@ -85,14 +100,16 @@ def _value_prediction(pool: PromptPool, idx: np.ndarray) -> np.ndarray:
 
 
 def allocator_inputs(name: str, pool: PromptPool, idx: np.ndarray, budget: int, n_min: int, n_max: int | None,
-                     seed: int) -> tuple[tuple, dict]:
-    """(positional args after ``budget``, keyword args) of allocator ``name`` for prompts ``idx`` of ``pool``."""
+                     seed: int, *, predict_degenerate: bool = True) -> tuple[tuple, dict]:
+    """(positional args after ``budget``, keyword args) of allocator ``name`` for prompts ``idx`` of ``pool``;
+    ``predict_degenerate=False``: ``dapo_filter`` predicts nothing from the previous step (dynamic sampling filters
+    the current one)."""
     p = len(idx)
     if name == "uniform":
         return (p,), dict(n_min=n_min, n_max=n_max, seed=seed)
     if name == "dapo_filter":
-        deg = np.array([len(set(pool.last_group.get(int(i), []))) == 1 and len(pool.last_group[int(i)]) > 1
-                        for i in idx])
+        deg = np.array([predict_degenerate and len(set(pool.last_group.get(int(i), []))) == 1
+                        and len(pool.last_group[int(i)]) > 1 for i in idx], dtype=bool)
         return (), dict(degenerate=deg, n_min=n_min, n_max=n_max, seed=seed)
     if name == "coba":
         att = pool.attempts[idx]
@@ -143,7 +160,8 @@ def allocate_rollouts(rl, pool: PromptPool, prompt_idx: np.ndarray, seed: int, s
         res = v05_sequential(_value_prediction(pool, prompt_idx), one_prompt, budget=rl.rollouts_per_step, **kw)
         return items, index, np.asarray(rewards, dtype=np.float64), np.asarray(res.counts)
 
-    args, kw = allocator_inputs(rl.allocator, pool, prompt_idx, rl.rollouts_per_step, rl.n_min, rl.n_max, seed)
+    args, kw = allocator_inputs(rl.allocator, pool, prompt_idx, rl.rollouts_per_step, rl.n_min, rl.n_max, seed,
+                                predict_degenerate=not dynamic_sampling_on(rl))
     kw.update(rl.allocator_args)
     counts = np.asarray(get_allocator(rl.allocator)(rl.rollouts_per_step, *args, **kw))
     items, index, rewards = sample_fn([int(c) for c in counts])

@@ -1,4 +1,10 @@
-"""``lckernels-rl train --config configs/<name>.yaml`` and ``python -m lckernels_rl.train``."""
+"""``lckernels-rl train --config <name | path.yaml>`` and ``python -m lckernels_rl.train``.
+
+Threads: both commands import :mod:`lckernels_rl` before torch, and that import sets ``OMP_WAIT_POLICY=PASSIVE``
+unless the user chose a waiting behaviour (see :mod:`lckernels_rl._threads`; libgomp reads the variable once, when
+``import torch`` loads it, so nothing in this module could still change it).  The trainer then picks its thread count
+from the config's ``threads`` (0: capped at the cores this process may use).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,8 @@ __all__ = ["main"]
 
 def _train_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--config", default="default",
-                   help="a YAML file, or the name of a bundled config under configs/ (default: default)")
+                   help="a YAML file, or the name of a config shipped in lckernels_rl/configs/ (default, qwen3, "
+                        "qwen3_moe, agent_kv_lookup, trust_sql, ...; default: default)")
     p.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoint.pt")
     p.add_argument("--output-dir", help="overrides log.output_dir")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",

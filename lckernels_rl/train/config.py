@@ -92,6 +92,14 @@ class RLConfig:
     ``backend`` is the lckernels backend of the loss (``auto``/``cpu``/``triton``/``reference``); ``loss`` is
     ``fused`` (``objective.fused``: hidden states + lm_head through ``fused_policy_loss``) or ``per_token``
     (materialize the logits, ``log_softmax``, then the per-token objective: the unfused baseline).
+
+    Dynamic sampling (DAPO's, as verl's recipe ``algorithm.filter_groups``): ``dynamic_sampling`` is ``auto`` (on for
+    the ``dapo_filter`` allocator, off otherwise), ``filter`` (on for any allocator) or ``off`` (``dapo_filter``
+    then predicts degenerate groups from the previous step: the old mode).  When on, a step samples rounds of
+    ``dynamic_sampling_gen_prompts`` tasks (``null``: ``prompts_per_step``; verl's ``gen_batch_size``), drops the
+    groups whose rewards have zero std and samples again until ``prompts_per_step`` groups are kept, at most
+    ``dynamic_sampling_max_rounds`` rounds (0: no cap; verl's ``max_num_gen_batches``, 10 in its DAPO recipe); at the
+    cap ``dynamic_sampling_on_cap: error`` stops the run as verl does, ``train`` trains on the groups kept.
     """
     steps: int = 100
     prompts_per_step: int = 16
@@ -113,6 +121,10 @@ class RLConfig:
     grad_clip: float = 1.0
     backend: str = "auto"
     loss: str = "fused"
+    dynamic_sampling: str = "auto"
+    dynamic_sampling_max_rounds: int = 10
+    dynamic_sampling_on_cap: str = "error"
+    dynamic_sampling_gen_prompts: Optional[int] = None
 
 
 @dataclass
@@ -134,7 +146,9 @@ class LogConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    threads: int = 0  # torch intra-op threads (0: leave torch's default)
+    # torch intra-op threads; 0: automatic = torch's current count, capped at the cores this process may use
+    # (affinity mask, cgroup CPU quota) unless OMP_NUM_THREADS is set (lckernels_rl/_threads.py)
+    threads: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
@@ -251,6 +265,8 @@ def validate(cfg: TrainConfig) -> None:
     _choice("rl.advantage", cfg.rl.advantage, ADVANTAGES)
     _choice("rl.backend", cfg.rl.backend, lckernels.BACKENDS)
     _choice("rl.loss", cfg.rl.loss, ("fused", "per_token"))
+    _choice("rl.dynamic_sampling", cfg.rl.dynamic_sampling, ("auto", "filter", "off"))
+    _choice("rl.dynamic_sampling_on_cap", cfg.rl.dynamic_sampling_on_cap, ("error", "train"))
     _choice("rollout.backend", cfg.rollout.backend, ROLLOUT_BACKENDS)
     for path, v, zero in (("task.train_size", cfg.task.train_size, False), ("task.eval_size", cfg.task.eval_size, True),
                           ("sft.steps", cfg.sft.steps, True), ("sft.batch_size", cfg.sft.batch_size, False),
@@ -265,8 +281,19 @@ def validate(cfg: TrainConfig) -> None:
                           ("agent.max_turns", cfg.agent.max_turns, False),
                           ("agent.max_context_tokens", cfg.agent.max_context_tokens, True),
                           ("agent.max_tool_output_tokens", cfg.agent.max_tool_output_tokens, False),
-                          ("log.eval_every", cfg.log.eval_every, True)):
+                          ("log.eval_every", cfg.log.eval_every, True),
+                          ("rl.dynamic_sampling_max_rounds", cfg.rl.dynamic_sampling_max_rounds, True)):
         _positive(path, v, zero)
+    gen = cfg.rl.dynamic_sampling_gen_prompts
+    if gen is not None:
+        if not 1 <= gen <= cfg.task.train_size:
+            raise ConfigError(f"rl.dynamic_sampling_gen_prompts must be in [1, task.train_size = "
+                              f"{cfg.task.train_size}] (or null: rl.prompts_per_step); got {gen}")
+        per_round = gen * cfg.rl.rollouts_per_step // cfg.rl.prompts_per_step
+        if per_round < gen * max(cfg.rl.n_min, 1):
+            raise ConfigError(f"rl.dynamic_sampling_gen_prompts={gen}: a round's budget gen_prompts * "
+                              f"rollouts_per_step // prompts_per_step = {per_round} is below gen_prompts * "
+                              f"max(rl.n_min, 1) = {gen * max(cfg.rl.n_min, 1)}")
     if cfg.rl.prompts_per_step > cfg.task.train_size:
         raise ConfigError(f"rl.prompts_per_step ({cfg.rl.prompts_per_step}) must be <= task.train_size "
                           f"({cfg.task.train_size})")
@@ -297,18 +324,31 @@ def _try_build(path: str, factory, *args, **kwargs) -> None:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+def bundled_configs() -> dict[str, Path]:
+    """The configs shipped with the package (``lckernels_rl/configs/*.yaml``, package data): name -> file."""
+    from importlib.resources import as_file, files
+
+    root = files("lckernels_rl") / "configs"
+    out = {}
+    if root.is_dir():
+        for item in root.iterdir():
+            if item.name.endswith(".yaml") and item.is_file():
+                with as_file(item) as path:  # a real file for a normal install (zips are not supported)
+                    out[item.name[:-len(".yaml")]] = Path(path)
+    return dict(sorted(out.items()))
+
+
 def resolve_config_path(name_or_path: str) -> Path:
-    """A YAML path as given, or ``<name>`` / ``<name>.yaml`` under the repository's ``configs/``."""
+    """A YAML path as given, or the bundled config ``<name>`` / ``<name>.yaml`` (:func:`bundled_configs`)."""
     p = Path(name_or_path)
     if p.is_file():
         return p
-    configs = Path(__file__).resolve().parents[2] / "configs"
-    for cand in (configs / name_or_path, configs / f"{name_or_path}.yaml"):
-        if cand.is_file():
-            return cand
-    available = sorted(q.stem for q in configs.glob("*.yaml")) if configs.is_dir() else []
+    bundled = bundled_configs()
+    name = name_or_path[:-len(".yaml")] if name_or_path.endswith(".yaml") else name_or_path
+    if name in bundled:
+        return bundled[name]
     raise ConfigError(f"config {name_or_path!r} not found (not a file; bundled configs: "
-                      f"{', '.join(available) or 'none'})")
+                      f"{', '.join(bundled) or 'none'})")
 
 
 def _parse_value(text: str):

@@ -23,7 +23,9 @@ An RL step:
    group advantages computed from the verdicts' rewards;
 3. up to ``reuse`` updates on the batch through :func:`lckernels_rl.gating.reuse_rollout_batch` (the optional
    Dynamic Gradient Gate, gradient clipping as its pre-step hook, AdamW);
-4. the engine's weights are synced (its policy version bumps); one JSONL line is logged.
+4. the engine's weights are synced (its policy version bumps);
+5. a source with ``after_update(step)`` (Self-Verify's verification update) gets its extra group sets trained the same
+   way, one after the other (metrics ``<name>_*``, counted in ``extra_updates``); one JSONL line is logged.
 """
 
 from __future__ import annotations
@@ -62,6 +64,23 @@ CORPUS_SEED_OFFSET = 10**7
 CHECKPOINT = "checkpoint.pt"
 
 
+def _set_threads(requested: int) -> dict:
+    """torch's intra-op threads for the config's ``threads`` (0: torch's count capped at the cores this process may
+    use -- affinity mask and cgroup quota, see :mod:`lckernels_rl._threads`).  The OpenMP wait policy cannot be
+    changed here (libgomp read it when torch was imported); ``import lckernels_rl`` before torch sets it."""
+    import warnings
+
+    from lckernels_rl import _threads
+
+    plan = _threads.resolve_threads(int(requested), torch.get_num_threads())
+    if plan.warning:
+        warnings.warn(plan.warning, RuntimeWarning, stacklevel=3)
+    if plan.threads != torch.get_num_threads():
+        torch.set_num_threads(plan.threads)
+    return {"threads": plan.threads, "threads_from": plan.reason, "available_cpus": plan.available,
+            **_threads.wait_policy_state()}
+
+
 def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
@@ -78,8 +97,7 @@ class Trainer:
         self.config = cfg = config
         self.out = Path(cfg.log.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.threading = _set_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
@@ -310,10 +328,29 @@ class Trainer:
         return loss, metrics, lp.detach()
 
     def _rl_step(self) -> dict[str, Any]:
-        c = self.config.rl
+        rl_step = self.step - self.config.sft.steps  # 0-based RL step
         t0 = time.perf_counter()
-        groups = self.source.next(self.step - self.config.sft.steps)  # 0-based RL step
-        t_rollout = time.perf_counter() - t0
+        groups = self.source.next(rl_step)
+        out = self._update(groups, t0, time.perf_counter() - t0)
+        # a source's extra updates after the step's own (e.g. Self-Verify's verification update): each group set is
+        # sampled when asked for -- after the previous update and weight sync -- and trained like the step's batch
+        after = getattr(self.source, "after_update", None)
+        extra = iter(after(rl_step)) if after is not None else iter(())
+        n_extra = 0
+        while True:
+            t1 = time.perf_counter()
+            more = next(extra, None)
+            if more is None:
+                break
+            m = self._update(more, t1, time.perf_counter() - t1)
+            n_extra += 1
+            out.update({f"{more.name or 'extra'}_{k}": v for k, v in m.items()})  # the last one's, if several
+        out["extra_updates"] = n_extra
+        return out
+
+    def _update(self, groups, t0: float, t_rollout: float) -> dict[str, Any]:
+        """Train on one set of rollout groups (up to ``rl.reuse`` updates), sync the engine; the step's metrics."""
+        c = self.config.rl
         if not groups.samples:  # every episode crashed (or sampled nothing): nothing to learn from this step
             self.engine.sync_weights(self.model)
             r = [t.reward for t in groups.trajectories]

@@ -31,6 +31,9 @@ CONFIGS = {
     "seq_truncate": Cfg(rollout_correction="sequence_truncate", rc_threshold=1.1, loss_agg="seq-mean-token-sum-norm"),
     "seq_mask": Cfg(rollout_correction="sequence_mask", rc_threshold=1.15, loss_agg="seq-mean-token-sum-norm",
                     loss_norm_constant=5.0),
+    "kl_ratio": Cfg(kl="k3", kl_beta=0.2, kl_ratio_weighted=True, loss_agg="seq-mean-token-sum"),
+    "gspo+kl_ratio": Cfg(mode="gspo", eps_low=0.05, eps_high=0.05, loss_agg="seq-mean-token-mean", kl="k1",
+                         kl_beta=0.2, kl_ratio_weighted=True),
 }
 
 
@@ -90,6 +93,7 @@ def cpu_backend(request, monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore:fused_logprobs. lckernels._C is not built")
+@pytest.mark.filterwarnings("ignore:soft_gaussian_gate. lckernels._C is not built")
 @pytest.mark.parametrize("row_chunk", [None, "4"], ids=["rows-auto", "rows-4"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_cpu_matches_reference(name, row_chunk, cpu_backend, monkeypatch):
@@ -112,6 +116,85 @@ def test_configs_exercise_their_branches():
     assert 0 < stats["token_mask+k1"]["masked_frac"] < 1
     assert 0 < stats["seq_mask"]["masked_frac"] < 1
     assert stats["maspo"]["gate_mean"] < 1 and stats["sapo"]["gate_mean"] < 1
+    assert stats["kl_ratio"]["ratio_mean"] != pytest.approx(1.0, abs=0.05)  # the KL weight is far from 1
+
+
+def make_pg_weight(b=B, t=T, device="cpu", seed=1):
+    """[B, T] in [0, 2) with exact zeros (the docstring's "a weight 0 keeps the token in the denominators")."""
+    g = torch.Generator().manual_seed(seed)
+    pw = torch.rand(b, t, generator=g) * 2
+    pw[1, 2] = pw[0, 0] = 0.0
+    return pw.to(device)
+
+
+PG_WEIGHT_CONFIGS = ["clip", "gspo", "maspo", "hispo", "sapo", "tis+k3+entropy", "gspo+kl_ratio"]
+
+
+@pytest.mark.filterwarnings("ignore:fused_logprobs. lckernels._C is not built")
+@pytest.mark.filterwarnings("ignore:soft_gaussian_gate. lckernels._C is not built")
+@pytest.mark.parametrize("row_chunk", [None, "4"], ids=["rows-auto", "rows-4"])
+@pytest.mark.parametrize("name", PG_WEIGHT_CONFIGS)
+def test_pg_weight_cpu_matches_reference(name, row_chunk, cpu_backend, monkeypatch):
+    """The pg_weight input on the fused CPU path (chunked) == the reference, loss / log-probs / gradients / stats."""
+    if row_chunk:
+        monkeypatch.setenv("LCK_ROW_CHUNK", row_chunk)
+    cfg = CONFIGS[name]
+    h, w, y, adv, old, kw = make_problem(seq_adv=name.startswith("gspo"))
+    kw = dict(kw, pg_weight=make_pg_weight())
+    ref = run("reference", h, w, y, adv, old, kw, cfg)
+    compare(run(cpu_backend, h, w, y, adv, old, kw, cfg), ref, ref[2])
+    # and it is not a no-op: the loss differs from the unweighted one
+    plain = run("reference", h, w, y, adv, old, dict(kw, pg_weight=None), cfg)
+    assert abs(plain[0].loss.item() - ref[0].loss.item()) > 1e-4
+
+
+def test_pg_weight_composable_path_matches():
+    """fused_logprobs + policy_loss_from_logprobs(pg_weight=) == fused_policy_loss(pg_weight=)."""
+    for name in ("clip", "maspo", "gspo+kl_ratio"):
+        cfg = CONFIGS[name]
+        h, w, y, adv, old, kw = make_problem(seq_adv=name.startswith("gspo"))
+        pw = make_pg_weight()
+        fused = run("cpu", h, w, y, adv, old, dict(kw, pg_weight=pw), cfg)
+        h.grad = w.grad = None
+        lp, ent = lckernels.fused_logprobs(h, w, y, return_entropy=True, backend="cpu")
+        loss, _ = lckernels.policy_loss_from_logprobs(lp, adv, old, mask=kw["mask"] * (y != -100), entropy=ent,
+                                                      rollout_logprobs=kw["rollout_logprobs"],
+                                                      ref_logprobs=kw["ref_logprobs"], pg_weight=pw, config=cfg)
+        loss.backward()
+        torch.testing.assert_close(fused[0].loss.detach(), loss.detach(), rtol=1e-5, atol=1e-6)
+        assert_close_fp32(fused[1], h.grad, 1e-5, name)
+        assert_close_fp32(fused[2], w.grad, 1e-5, name)
+
+
+def test_maspo_loss_calls_the_gate_kernel(monkeypatch):
+    """MASPO's loss runs the library's own soft-gate kernel: C++ on the CPU path, Triton on the Triton path (the
+    dispatch of lckernels.soft_gaussian_gate), the plain-torch gate only on the reference backend."""
+    import lckernels.ops.gating as gating
+
+    calls = []
+    real = gating.soft_gaussian_gate
+
+    def spy(*args, backend="auto", **kw):
+        calls.append(backend)
+        return real(*args, backend=backend, **kw)
+
+    monkeypatch.setattr(gating, "soft_gaussian_gate", spy)
+    h, w, y, adv, old, kw = make_problem()
+    cfg = CONFIGS["maspo"]
+    run("cpu", h, w, y, adv, old, kw, cfg)
+    assert calls and set(calls) == {"cpu"}
+    calls.clear()
+    run("reference", h, w, y, adv, old, kw, cfg)
+    assert calls == []
+    lp = lckernels.fused_logprobs(h, w, y, backend="cpu")
+    lckernels.policy_loss_from_logprobs(lp, adv, old, mask=kw["mask"], config=cfg, backend="cpu")
+    assert calls == ["cpu"]
+    calls.clear()
+    lckernels.policy_loss_from_logprobs(lp, adv, old, mask=kw["mask"], config=cfg)  # auto: C++ or its fallback
+    assert calls == ["auto"]
+    calls.clear()
+    lckernels.policy_loss_from_logprobs(lp, adv, old, mask=kw["mask"], config=Cfg(), backend="cpu")
+    assert calls == []  # other modes have no kernel on this path
 
 
 def torch_same_dtype(h, w, y, adv, old, kw, cfg):
@@ -315,9 +398,17 @@ def test_streaming_never_builds_full_logits(monkeypatch):
          "needs `ref_logprobs`"),
         (lambda p: p.update(cfg={"mode": "clip"}), TypeError, "PolicyLossConfig"),
         (lambda p: p.update(w=p["w"].detach().to("meta")), ValueError, "one device"),
+        (lambda p: p["kw"].update(pg_weight=torch.ones(B, T + 1)), ValueError, "`pg_weight` must have shape"),
+        (lambda p: p["kw"].update(pg_weight=torch.ones(B)), ValueError, "`pg_weight` must be 2-D"),
+        (lambda p: p["kw"].update(pg_weight=torch.ones(B, T, dtype=torch.long)), TypeError,
+         "`pg_weight` must have dtype"),
+        (lambda p: p["kw"].update(pg_weight=-torch.ones(B, T)), ValueError, "`pg_weight` must be >= 0"),
+        (lambda p: p["kw"].update(pg_weight=torch.full((B, T), float("nan"))), ValueError, "`pg_weight` has .* NaN"),
+        (lambda p: p["kw"].update(pg_weight=torch.ones(B, T, device="meta")), ValueError, "one device"),
     ],
     ids=["adv-T", "adv-B", "old-shape", "mask-shape", "float-targets", "2-D-hidden", "target-range", "nan-old",
-         "inf-rollout", "hispo-no-rollout", "kl-no-ref", "config-type", "device"],
+         "inf-rollout", "hispo-no-rollout", "kl-no-ref", "config-type", "device", "pg_weight-shape",
+         "pg_weight-1-D", "pg_weight-dtype", "pg_weight-negative", "pg_weight-nan", "pg_weight-device"],
 )
 def test_bad_input(change, exc, match):
     h, w, y, adv, old, kw = make_problem()
@@ -326,6 +417,25 @@ def test_bad_input(change, exc, match):
     with pytest.raises(exc, match=match):
         lckernels.fused_policy_loss(p["h"], p["w"], p["y"], p["adv"], p["old"], config=p["cfg"], backend="cpu",
                                     **p["kw"])
+
+
+def test_bad_pg_weight_composable_path():
+    lp, adv = torch.zeros(B, T), torch.ones(B)
+    with pytest.raises(ValueError, match="policy_loss_from_logprobs: `pg_weight` must have shape"):
+        lckernels.policy_loss_from_logprobs(lp, adv, pg_weight=torch.ones(T, B))
+    with pytest.raises(TypeError, match="`pg_weight` must have dtype"):
+        lckernels.policy_loss_from_logprobs(lp, adv, pg_weight=torch.ones(B, T, dtype=torch.bool))
+    with pytest.raises(ValueError, match="`pg_weight` must be >= 0"):
+        lckernels.policy_loss_from_logprobs(lp, adv, pg_weight=torch.full((B, T), -0.5))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        lckernels.policy_loss_from_logprobs(lp, adv, backend="gpu")
+    # a negative value outside the loss (masked) is ignored, like every per-token input
+    pw = torch.ones(B, T)
+    pw[0, 0] = -1.0
+    mask = torch.ones(B, T)
+    mask[0, 0] = 0
+    loss, _ = lckernels.policy_loss_from_logprobs(lp, adv, mask=mask, pg_weight=pw)
+    assert torch.isfinite(loss)
 
 
 def test_nonfinite_mask_policy_drops_tokens():
@@ -346,6 +456,7 @@ def test_nonfinite_mask_policy_drops_tokens():
     (dict(mode="ppo"), "mode must be one of"), (dict(loss_agg="mean"), "loss_agg"), (dict(eps_low=-0.1), "eps_low"),
     (dict(kl="k2"), "kl must be"), (dict(temperature=0.0), "temperature"), (dict(eps_high=float("nan")), "finite"),
     (dict(mode="dual_clip", clip_c=0.5), "clip_c"), (dict(rc_threshold_low=5.0), "rc_threshold_low"),
+    (dict(kl_ratio_weighted="yes"), "kl_ratio_weighted must be a bool"), (dict(kl_ratio_weighted=1), "bool"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -355,12 +466,23 @@ def test_bad_config(kwargs, match):
 # ------------------------------------------------------------------------------------------------- Triton
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("name", ["clip", "gspo", "maspo", "hispo", "tis+k3+entropy"])
+@pytest.mark.parametrize("name", ["clip", "gspo", "maspo", "hispo", "tis+k3+entropy", "gspo+kl_ratio"])
 def test_triton_matches_reference(name, kernel_device):
     cfg = CONFIGS[name]
     problem = make_problem(device=kernel_device, seq_adv=name == "gspo")
     ref = run("reference", *problem, cfg)
     compare(run("triton", *problem, cfg), ref, ref[2])
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("name", ["maspo", "kl_ratio", "gspo+kl_ratio"])
+def test_triton_pg_weight_matches_reference(name, kernel_device):
+    """pg_weight and the ratio-weighted KL on the Triton path (MASPO: its Triton gate kernel) == the reference."""
+    cfg = CONFIGS[name]
+    h, w, y, adv, old, kw = make_problem(device=kernel_device, seq_adv=name.startswith("gspo"))
+    kw = dict(kw, pg_weight=make_pg_weight(device=kernel_device))
+    ref = run("reference", h, w, y, adv, old, kw, cfg)
+    compare(run("triton", h, w, y, adv, old, kw, cfg), ref, ref[2])
 
 
 @pytest.mark.interpreter
@@ -386,3 +508,15 @@ def test_upstream_gradient_scales():
     (ref.loss * -2.5).backward()
     assert_close_fp32(gh, h.grad, 1e-5, "grad_hidden")
     assert_close_fp32(gw, w.grad, 1e-5, "grad_weight")
+
+
+@pytest.mark.interpreter
+def test_triton_maspo_uses_the_triton_gate(kernel_device, monkeypatch):
+    import lckernels.ops.gating as gating
+
+    calls = []
+    real = gating.soft_gaussian_gate
+    monkeypatch.setattr(gating, "soft_gaussian_gate",
+                        lambda *a, backend="auto", **k: calls.append(backend) or real(*a, backend=backend, **k))
+    run("triton", *make_problem(device=kernel_device), CONFIGS["maspo"])
+    assert calls and set(calls) == {"triton"}

@@ -221,10 +221,12 @@ def loss_lcft_tis(x, lp, eps_neg_low=0.2, eps_pos_high=0.28, eps_neg_high=3.0, t
     return -(r_mu.clamp(max=tis_cap) * psi * valid).sum() / (B * tm)
 
 
-def loss_hispo(x, lp, delta_seq=0.1, delta_tok=1.0, eps_neg_low=0.2, eps_pos_high=0.28, eps_neg_high=3.0):
+def loss_hispo(x, lp, delta_seq=0.1, delta_tok=1.0, eps_neg_low=0.2, eps_pos_high=0.28, eps_neg_high=3.0,
+               max_response_len=None, token_mean=False):
     """hispo.py: r_dis_t = pi_old_train / mu_infer; H_t = 1[|exp(mean_t log r_dis) - 1| < delta_seq] *
     1[|r_dis_t - 1| < delta_tok]; L_t = -H_t min(r A, clip(r, 1 - eps_neg_low, 1 + eps_pos_high) A), capped at
-    -eps_neg_high A for A < 0; "token-mean"; defaults 0.1 / 1.0 / 0.2 / 0.28 / 3.0."""
+    -eps_neg_high A for A < 0; "1/(G max|y|)": sum / (B * max_response_len), None = T (token_mean: the old
+    "token-mean"); defaults 0.1 / 1.0 / 0.2 / 0.28 / 3.0."""
     valid, A = x.valid, zf(x.A, x.valid)
     r = ratio(x, lp)
     pi_old = lp.detach() if x.old is None else zf(x.old, valid)
@@ -233,7 +235,9 @@ def loss_hispo(x, lp, delta_seq=0.1, delta_tok=1.0, eps_neg_low=0.2, eps_pos_hig
     H = ((torch.exp(mean_log_dis) - 1).abs() < delta_seq)[:, None] & ((torch.exp(log_dis) - 1).abs() < delta_tok)
     J = clipped_surrogate(r, A, eps_neg_low, eps_pos_high)
     J = torch.where(A < 0, torch.maximum(J, eps_neg_high * A), J)
-    return tokens_over_all(-H.double() * J, valid)
+    if token_mean:
+        return tokens_over_all(-H.double() * J, valid)
+    return -(H.double() * J * valid).sum() / (B * (T if max_response_len is None else max_response_len))
 
 
 ORACLES = {"grpo": loss_grpo, "dapo": loss_dapo, "dr_grpo": loss_dr_grpo, "gspo": loss_gspo, "cispo": loss_cispo,
@@ -281,6 +285,8 @@ CASES = {
     "hispo+params": ("hispo", dict(delta_seq=0.2, delta_tok=0.5, eps_neg_low=0.1, eps_pos_high=0.15, eps_neg_high=1.3),
                      dict(delta_seq=0.2, delta_tok=0.5, eps_neg_low=0.1, eps_pos_high=0.15, eps_neg_high=1.3),
                      ("rollout",)),
+    "hispo+max_len": ("hispo", dict(max_response_len=11), dict(max_response_len=11), ("rollout",)),
+    "hispo+token_mean": ("hispo", dict(loss_agg="token-mean"), dict(token_mean=True), ("rollout",)),
 }
 
 

@@ -8,7 +8,9 @@ plain float64 torch, from the explicit logits ``hidden @ weight.T / temperature`
 log-probs, d loss / d hidden, d loss / d weight (autograd through the oracle vs the op's own backward) and every
 returned statistic, for every option of ``PolicyLossConfig``, on ``backend="reference"`` and ``backend="cpu"``.
 Hand-computed cases (numbers derived in the comments) pin the KL estimators, the entropy bonus, the four rollout
-corrections, ``rc_threshold_low``, ``loss_norm_constant``, the aggregations and the +-20 log-ratio clamp.
+corrections, ``rc_threshold_low``, ``loss_norm_constant``, the aggregations, the +-20 log-ratio clamp, the per-token
+``pg_weight`` input and the ratio-weighted KL (``kl_ratio_weighted``, token and GSPO sequence ratio), and the public
+building blocks ``lckernels.loss_agg_weights`` / ``log_ratio`` / ``kl_estimate``.
 
 Nothing from ``lckernels.ops.policy_loss`` is imported: only the public ``lckernels`` API (and ``lckernels._ext`` to
 detect the C extension, as tests/ops/test_policy_loss.py does).
@@ -21,6 +23,11 @@ Where the public docs are silent the oracle follows the code's behaviour and say
 * tokens "dropped" by ``token_mask`` / ``sequence_mask`` / HisPO leave only the policy-gradient term: they still
   count in the aggregation's denominators and in the KL / entropy terms (``masked_frac`` counts them);
 * with ``old_logprobs=None`` the rollout-correction weights use the current (detached) log-probs as pi_old.
+
+``pg_weight`` follows the ``fused_policy_loss`` docstring ("token t contributes pg_weight_t * pg_t with the
+aggregation weights unchanged", "on top of config.rollout_correction", NaN/inf "follow config.nonfinite"); the
+ratio-weighted KL follows the ``kl`` paragraph of the ``PolicyLossConfig`` docstring (differentiable r, the sequence
+ratio for gspo: here by plain autograd over the whole float64 batch).
 """
 
 from __future__ import annotations
@@ -71,14 +78,13 @@ def aggregate(x: torch.Tensor, valid: torch.Tensor, cfg) -> torch.Tensor:
 class OracleOut:
     loss: torch.Tensor
     logprobs: torch.Tensor        # [B, T] float64
-    unsure: torch.Tensor          # bool [B, T]: positions whose returned log-prob the docs do not pin down
     grad_hidden: torch.Tensor
     grad_weight: torch.Tensor
     stats: dict
     branches: dict                # how many tokens / sequences took each branch (for the coverage test)
 
 
-def oracle(hidden, weight, targets, advantages, old=None, *, mask=None, rollout=None, ref=None,
+def oracle(hidden, weight, targets, advantages, old=None, *, mask=None, rollout=None, ref=None, pg_weight=None,
            cfg) -> OracleOut:
     b, t, _ = hidden.shape
     hid = hidden.detach().double().requires_grad_(True)
@@ -103,13 +109,13 @@ def oracle(hidden, weight, targets, advantages, old=None, *, mask=None, rollout=
     # PolicyLossConfig docstring, ``nonfinite``: NaN/inf in old/rollout/ref/advantages "on valid tokens": "error" or
     # "mask" (drop those tokens, counted in stats["nonfinite_frac"])
     bad = torch.zeros(b, t, dtype=torch.bool)
-    for x in (adv, old, rollout, ref):
+    for x in (adv, old, rollout, ref, pg_weight):   # pg_weight: "NaN/inf on valid tokens follow config.nonfinite"
         if x is not None:
             bad |= in_loss & ~torch.isfinite(x)
     n_bad = int(bad.sum())
     assert n_bad == 0 or cfg.nonfinite == "mask", "the op must raise here (tested separately)"
     valid = in_loss & ~bad
-    adv, old, rollout, ref = (zero_fill(x, valid) for x in (adv, old, rollout, ref))
+    adv, old, rollout, ref, pg_weight = (zero_fill(x, valid) for x in (adv, old, rollout, ref, pg_weight))
     lp = torch.where(valid, lp_all, torch.zeros((), dtype=torch.float64))
     ent = torch.where(valid, ent_all, torch.zeros((), dtype=torch.float64))
     n_valid = int(valid.sum())
@@ -221,6 +227,13 @@ def oracle(hidden, weight, targets, advantages, old=None, *, mask=None, rollout=
         br["gated_neg"] = int((valid & (gw < 1) & (A < 0)).sum())
         br["ungated"] = int((valid & (gw == 1)).sum())
 
+    if pg_weight is not None:
+        # fused_policy_loss docstring: "token t contributes pg_weight_t * pg_t with the aggregation weights unchanged
+        # (a weight 0 keeps the token in the denominators ...)"; "Applied exactly (no clamp) on top of
+        # config.rollout_correction"
+        factor = factor * pg_weight
+        br["pg_weight_zero"] = int((valid & (pg_weight == 0)).sum())
+        br["pg_weight_above_1"] = int((valid & (pg_weight > 1)).sum())
     loss = aggregate(pg * factor * keep, valid, cfg)
     kl = None
     if cfg.kl is not None:
@@ -231,7 +244,18 @@ def oracle(hidden, weight, targets, advantages, old=None, *, mask=None, rollout=
         else:
             d = (ref - lp).clamp(-20, 20)
             kl = torch.exp(d) - d - 1
-        loss = loss + cfg.kl_beta * aggregate(kl, valid, cfg)
+        kl_in_loss = kl
+        if cfg.kl_ratio_weighted:
+            # "multiplies each token's KL in the loss by the importance ratio r = exp(clamp(log pi - log pi_old,
+            # +-20)), differentiable (not detached; on-policy r = 1 with its gradient)"; "for mode "gspo" r is the
+            # sequence ratio s = exp(clamp(mean_t(log pi - log pi_old), +-20)), differentiable through every token"
+            if mode == "gspo":
+                mean_lr, _ = seq_token_means(lp - pi_old, valid)    # not detached: autograd couples the tokens
+                r_kl = cexp(mean_lr)[:, None].expand(b, t)
+            else:
+                r_kl = cexp(lp - pi_old)
+            kl_in_loss = kl * r_kl
+        loss = loss + cfg.kl_beta * aggregate(kl_in_loss, valid, cfg)
     # "entropy_coef subtracts coef * aggregated entropy"
     loss = loss - cfg.entropy_coef * aggregate(ent, valid, cfg)
     loss.backward()
@@ -246,15 +270,16 @@ def oracle(hidden, weight, targets, advantages, old=None, *, mask=None, rollout=
         "masked_frac": int((valid & ~keep).sum()) / max(n_valid, 1),
         "nonfinite_frac": n_bad / max(n_valid + n_bad, 1),
         "entropy_mean": mean_valid(ent),
-        "kl_mean": mean_valid(kl.detach()) if kl is not None else NAN,
+        "kl_mean": mean_valid(kl.detach()) if kl is not None else NAN,   # "stays the unweighted KL"
         "ratio_mean": mean_valid(rd) if n_valid else NAN,
         "valid_tokens": float(n_valid),
         # PolicyLossOutput: "||d loss / d weight||^2 for a unit upstream gradient"
         "lm_head_grad_sq_norm": float(wt.grad.square().sum()),
     }
-    # PolicyLossOutput: "logprobs: [B, T] fp32, detached (0 on masked tokens ...)"
-    out_lp = torch.where(in_loss, lp_all.detach(), torch.zeros((), dtype=torch.float64))
-    return OracleOut(loss.detach(), out_lp, bad, hid.grad, wt.grad, stats, br)
+    # PolicyLossOutput: "logprobs: [B, T] fp32, detached (0 on masked tokens ...)" -- a token dropped by
+    # nonfinite="mask" is masked too [code: every backend]
+    out_lp = torch.where(valid, lp_all.detach(), torch.zeros((), dtype=torch.float64))
+    return OracleOut(loss.detach(), out_lp, hid.grad, wt.grad, stats, br)
 
 
 # ================================================================================================ inputs
@@ -281,12 +306,14 @@ class Problem:
     mask: torch.Tensor
     rollout: torch.Tensor
     ref: torch.Tensor
+    pg_weight: Optional[torch.Tensor] = None
 
     def kwargs(self):
-        return dict(mask=self.mask, rollout_logprobs=self.rollout, ref_logprobs=self.ref)
+        return dict(mask=self.mask, rollout_logprobs=self.rollout, ref_logprobs=self.ref, pg_weight=self.pg_weight)
 
 
-def make_problem(seed: int, *, on_policy: bool, cfg: PolicyLossConfig, seq_adv: Optional[bool] = None) -> Problem:
+def make_problem(seed: int, *, on_policy: bool, cfg: PolicyLossConfig, seq_adv: Optional[bool] = None,
+                 pg_weight: bool = False) -> Problem:
     seq_adv = bool(seed % 2) if seq_adv is None else seq_adv
     g = torch.Generator().manual_seed(seed)
     h = torch.randn(B, T, D, generator=g)
@@ -318,13 +345,20 @@ def make_problem(seed: int, *, on_policy: bool, cfg: PolicyLossConfig, seq_adv: 
         adv[3] = NAN
     else:
         adv[3, 4] = NAN
+    # pg_weight in [0, 2): some exact zeros and some > 1 on valid tokens, NaN / inf on positions outside the loss
+    pgw = torch.rand(B, T, generator=g, dtype=torch.float64) * 2
+    pgw[0, 1] = pgw[2, 4] = 0.0
+    pgw[0, 5] = NAN
+    pgw[1, 1] = math.inf
     if cfg.nonfinite == "mask":                      # and some on valid tokens, to be dropped
         old[2, 1] = NAN
         rollout[1, 4] = math.inf
         ref[0, 0] = -math.inf
+        pgw[2, 2] = NAN
         if not seq_adv:
             adv[2, 5] = NAN
-    return Problem(h, w, y, adv.float(), None if on_policy else old.float(), mask, rollout.float(), ref.float())
+    return Problem(h, w, y, adv.float(), None if on_policy else old.float(), mask, rollout.float(), ref.float(),
+                   pgw.float() if pg_weight else None)
 
 
 # ================================================================================================ comparison
@@ -348,14 +382,14 @@ def run_op(p: Problem, cfg, backend):
 
 
 def run_oracle(p: Problem, cfg):
-    return oracle(p.hidden, p.weight, p.targets, p.adv, p.old, mask=p.mask, rollout=p.rollout, ref=p.ref, cfg=cfg)
+    return oracle(p.hidden, p.weight, p.targets, p.adv, p.old, mask=p.mask, rollout=p.rollout, ref=p.ref,
+                  pg_weight=p.pg_weight, cfg=cfg)
 
 
 def compare(out, gh, gw, orc: OracleOut, backend: str):
     assert out.loss.dim() == 0
     assert_close(out.loss, orc.loss, "loss", rtol=1e-5, atol=1e-6)
-    sure = ~orc.unsure
-    assert_close(out.logprobs[sure], orc.logprobs[sure], "logprobs", rtol=1e-5, atol=1e-6)
+    assert_close(out.logprobs, orc.logprobs, "logprobs", rtol=1e-5, atol=1e-6)
     assert out.logprobs.dtype == torch.float32 and not out.logprobs.requires_grad
     assert_close(gh, orc.grad_hidden, "grad_hidden")
     assert_close(gw, orc.grad_weight, "grad_weight")
@@ -429,7 +463,33 @@ CASES = {
                                 ignore_index=-7, loss_agg="seq-mean-token-mean"),
     "hispo+k3+entropy+sum_norm": dict(mode="hispo", hispo_delta_seq=0.2, hispo_delta_tok=0.6, kl="k3", kl_beta=0.2,
                                       entropy_coef=0.05, loss_agg="seq-mean-token-sum-norm", nonfinite="mask"),
+    # ``kl_ratio_weighted`` (PolicyLossConfig docstring, ``kl`` paragraph)
+    "kl_ratio_k3": dict(kl="k3", kl_beta=0.3, kl_ratio_weighted=True),
+    "kl_ratio_k1+dual_clip+seq_sum": dict(mode="dual_clip", clip_c=1.5, kl="k1", kl_beta=0.3, kl_ratio_weighted=True,
+                                          loss_agg="seq-mean-token-sum"),
+    "kl_ratio_beta_0": dict(kl="k3", kl_ratio_weighted=True),
+    "kl_ratio+gspo": dict(mode="gspo", eps_low=0.05, eps_high=0.08, kl="k3", kl_beta=0.3, kl_ratio_weighted=True,
+                          loss_agg="seq-mean-token-mean"),
+    "kl_ratio+gspo+sum_norm+entropy": dict(mode="gspo", eps_low=0.05, eps_high=0.08, kl="k1", kl_beta=0.2,
+                                           kl_ratio_weighted=True, loss_agg="seq-mean-token-sum-norm",
+                                           entropy_coef=0.05),
+    "kl_ratio+hispo+nonfinite": dict(mode="hispo", hispo_delta_seq=0.2, hispo_delta_tok=0.6, kl="k3", kl_beta=0.2,
+                                     kl_ratio_weighted=True, nonfinite="mask"),
+    # the ``pg_weight`` input (fused_policy_loss docstring): these cases pass it (PG_WEIGHT_CASES)
+    "pg_weight": dict(),
+    "pg_weight+sapo+seq_mean": dict(mode="sapo", loss_agg="seq-mean-token-mean"),
+    "pg_weight+maspo+tis": dict(mode="maspo", maspo_beta_pos=0.5, maspo_beta_neg=0.2,
+                                rollout_correction="token_truncate", rc_threshold=1.5),
+    "pg_weight+cispo+seq_mask": dict(mode="cispo", rollout_correction="sequence_mask", rc_threshold_low=0.3),
+    "pg_weight+gspo+kl_ratio+nonfinite": dict(mode="gspo", eps_low=0.05, eps_high=0.08, kl="k3", kl_beta=0.2,
+                                              kl_ratio_weighted=True, nonfinite="mask",
+                                              loss_agg="seq-mean-token-mean"),
 }
+PG_WEIGHT_CASES = {name for name in CASES if name.startswith("pg_weight")}
+
+
+def problem_for(name, seed, on_policy, cfg):
+    return make_problem(seed, on_policy=on_policy, cfg=cfg, pg_weight=name in PG_WEIGHT_CASES)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -438,7 +498,7 @@ CASES = {
 def test_matches_oracle(name, policy, backend):
     cfg = PolicyLossConfig(**CASES[name])
     for seed in SEEDS:
-        p = make_problem(seed, on_policy=policy == "on-policy", cfg=cfg)
+        p = problem_for(name, seed, policy == "on-policy", cfg)
         out, gh, gw = run_op(p, cfg, backend)
         compare(out, gh, gw, run_oracle(p, cfg), backend)
 
@@ -448,7 +508,7 @@ def _branches(name):
     total: dict = {}
     for policy in (False, True):
         for seed in SEEDS:
-            br = run_oracle(make_problem(seed, on_policy=policy, cfg=cfg), cfg).branches
+            br = run_oracle(problem_for(name, seed, policy, cfg), cfg).branches
             for k, v in br.items():
                 total[(k, policy)] = total.get((k, policy), 0) + v
     return total
@@ -475,6 +535,8 @@ def test_cases_exercise_their_branches():
         if mode == "hispo":
             assert allp["hispo_seq_dropped"] > 0 and allp["hispo_seq_kept"] > 0, (name, allp)
             assert allp["hispo_tok_dropped_in_kept_seq"] > 0, (name, allp)
+        if name in PG_WEIGHT_CASES:
+            assert allp["pg_weight_zero"] > 0 and allp["pg_weight_above_1"] > 0, (name, allp)
         rc = kw.get("rollout_correction")
         for pol in (False, True):
             sub = {k: v for (k, p), v in br.items() if p == pol}
@@ -536,13 +598,15 @@ def test_documented_defaults(name, backend):
 # ================================================================================================ edge cases
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("tensor", ["advantages", "old_logprobs", "rollout_logprobs", "ref_logprobs"])
+@pytest.mark.parametrize("tensor", ["advantages", "old_logprobs", "rollout_logprobs", "ref_logprobs", "pg_weight"])
 def test_nonfinite_error_names_the_tensor(tensor, backend):
     """nonfinite="error" (the default): "a ValueError naming the tensor" for NaN/inf on a valid token."""
     cfg = PolicyLossConfig(rollout_correction="token_mask", kl="k1", kl_beta=0.1)
-    p = make_problem(0, on_policy=False, cfg=cfg)
-    p = dataclasses.replace(p, adv=p.adv.clone(), old=p.old.clone(), rollout=p.rollout.clone(), ref=p.ref.clone())
-    x = {"advantages": p.adv, "old_logprobs": p.old, "rollout_logprobs": p.rollout, "ref_logprobs": p.ref}[tensor]
+    p = make_problem(0, on_policy=False, cfg=cfg, pg_weight=True)
+    p = dataclasses.replace(p, adv=p.adv.clone(), old=p.old.clone(), rollout=p.rollout.clone(), ref=p.ref.clone(),
+                            pg_weight=p.pg_weight.clone())
+    x = {"advantages": p.adv, "old_logprobs": p.old, "rollout_logprobs": p.rollout, "ref_logprobs": p.ref,
+         "pg_weight": p.pg_weight}[tensor]
     x[2, 3] = NAN if tensor != "rollout_logprobs" else -math.inf
     with pytest.raises(ValueError, match=tensor):
         run_op(p, cfg, backend)
@@ -559,15 +623,16 @@ def test_all_masked_batch(backend):
     assert out.stats["valid_tokens"] == 0
 
 
-@pytest.mark.xfail(strict=False, reason="known: on a token dropped by nonfinite='mask' (mask=1) the reference "
-                                        "backend returns its log-prob, the cpu/triton paths return 0")
 @pytest.mark.skipif(not HAS_EXT, reason="lckernels._C is not built")
 def test_nonfinite_dropped_token_logprobs_agree_across_backends():
+    """A token dropped by nonfinite='mask' (mask = 1) returns log-prob 0 on every backend."""
     cfg = PolicyLossConfig(nonfinite="mask")
-    p = make_problem(0, on_policy=False, cfg=cfg)
+    p = make_problem(0, on_policy=False, cfg=cfg, pg_weight=True)
     a = run_op(p, cfg, "reference")[0].logprobs
     b = run_op(p, cfg, "cpu")[0].logprobs
     assert torch.equal(a == 0, b == 0)
+    for i, j in ((2, 1), (1, 4), (0, 0), (2, 2)):   # old / rollout / ref / pg_weight NaN-inf on valid tokens
+        assert a[i, j] == 0 and b[i, j] == 0
 
 
 # ================================================================================================ hand-computed
@@ -578,13 +643,14 @@ def test_nonfinite_dropped_token_logprobs_agree_across_backends():
 LN2 = math.log(2.0)
 
 
-def hand(logits, targets, adv, old=None, *, cfg, backend, mask=None, rollout=None, ref=None):
+def hand(logits, targets, adv, old=None, *, cfg, backend, mask=None, rollout=None, ref=None, pg_weight=None):
     logits = torch.as_tensor(logits, dtype=torch.float32)
     h = logits.clone().requires_grad_(True)
     w = torch.eye(logits.shape[-1], requires_grad=True)
     f = lambda x: None if x is None else torch.as_tensor(x, dtype=torch.float32)  # noqa: E731
     out = lckernels.fused_policy_loss(h, w, torch.as_tensor(targets), f(adv), f(old), mask=f(mask),
-                                      rollout_logprobs=f(rollout), ref_logprobs=f(ref), config=cfg, backend=backend)
+                                      rollout_logprobs=f(rollout), ref_logprobs=f(ref), pg_weight=f(pg_weight),
+                                      config=cfg, backend=backend)
     out.loss.backward()
     return out, h.grad
 
@@ -721,3 +787,105 @@ def test_hand_log_ratio_clamp(backend):
     assert out.loss.item() == approx(math.exp(3)) and g[0, 0, 0].item() == approx(math.exp(3) / 2, rel=1e-4)
     out, g = hand(torch.zeros(1, 1, 2), [[0]], [-1.0], [[-LN2 - 25.0]], cfg=PolicyLossConfig(), backend=backend)
     assert out.loss.item() == approx(math.exp(20), rel=1e-4) and (g == 0).all()
+
+
+TRITON = pytest.param("triton", marks=pytest.mark.interpreter)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + [TRITON])
+def test_hand_pg_weight(backend):
+    """fused_policy_loss docstring, ``pg_weight``: "token t contributes pg_weight_t * pg_t with the aggregation
+    weights unchanged (a weight 0 keeps the token in the denominators ...)"; "on top of config.rollout_correction".
+    (a) Three tokens, lp = -ln 2, on-policy (the policy term is -A), A = 1, token-mean, pg_weight = (0.5, 3, 0):
+        loss = -(0.5 + 3 + 0) / 3 = -1.1666667 (the weight-0 token still divides), d loss / d lp = -(0.5, 3, 0) / 3,
+        valid_tokens 3.
+    (b) One token, lp - old = 0.5: r = e^0.5 = 1.6487 > 1.2 with A = 1, so the clipped -1.2 wins (no gradient);
+        pg_weight 2: loss -2.4, gradient 0, clip_frac_high 1.
+    (c) token_truncate, w = pi_old / mu = 3 -> min(3, 2) = 2, times pg_weight 0.25: factor 0.5; on-policy, A = 1:
+        loss -0.5, d loss / d lp = -0.5."""
+    z = torch.zeros(1, 3, 2)
+    out, g = hand(z, [[0, 0, 0]], [1.0], cfg=PolicyLossConfig(), backend=backend, pg_weight=[[0.5, 3.0, 0.0]])
+    assert out.loss.item() == approx(-3.5 / 3) and out.stats["valid_tokens"] == 3
+    torch.testing.assert_close(g[..., 0] * 2, -torch.tensor([[0.5, 3.0, 0.0]]) / 3, rtol=1e-5, atol=1e-6)
+    out, g = hand(torch.zeros(1, 1, 2), [[0]], [1.0], [[-LN2 - 0.5]], cfg=PolicyLossConfig(), backend=backend,
+                  pg_weight=[[2.0]])
+    assert out.loss.item() == approx(-2.4) and (g == 0).all() and out.stats["clip_frac_high"] == 1.0
+    out, g = hand(torch.zeros(1, 1, 2), [[0]], [1.0], [[-LN2]], rollout=[[-LN2 - math.log(3.0)]],
+                  cfg=PolicyLossConfig(rollout_correction="token_truncate"), backend=backend, pg_weight=[[0.25]])
+    assert out.loss.item() == approx(-0.5) and g[0, 0, 0].item() == approx(-0.25)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + [TRITON])
+def test_hand_ratio_weighted_kl(backend):
+    """PolicyLossConfig docstring, ``kl_ratio_weighted``: KL times r = exp(clamp(lp - old)), differentiable.
+    One token, lp = -ln 2 (logits 0, target 0), A = 0 (no policy term), kl k3, kl_beta 0.5, ref = lp + 1 (d = 1):
+    k3 = e - 2 = 0.7182818, d k3 / d lp = 1 - e = -1.7182818.
+    * off-policy, old = lp - ln 1.5 (r = 1.5): loss 0.5 * 1.5 * 0.7182818 = 0.5387114;
+      d loss / d lp = 0.5 * (r k3' + k3 r) = 0.5 * 1.5 * (-1.7182818 + 0.7182818) = -0.75, so d/dz = (-0.375, 0.375).
+    * unweighted (kl_ratio_weighted False): loss 0.3591409, d loss / d lp = 0.5 * -1.7182818 = -0.8591409.
+    * on-policy (old None): r = 1 *with* gradient: loss 0.3591409, d loss / d lp = 0.5 * (k3' + k3) = -0.5.
+    kl_mean reports the unweighted 0.7182818 in every case."""
+    z, y, ref = torch.zeros(1, 1, 2), [[0]], [[-LN2 + 1.0]]
+    cfg = PolicyLossConfig(kl="k3", kl_beta=0.5, kl_ratio_weighted=True)
+    out, g = hand(z, y, [0.0], [[-LN2 - math.log(1.5)]], cfg=cfg, backend=backend, ref=ref)
+    assert out.loss.item() == approx(0.5387114) and out.stats["kl_mean"] == approx(0.7182818)
+    torch.testing.assert_close(g, torch.tensor([[[-0.375, 0.375]]]), rtol=1e-5, atol=1e-6)
+    out, g = hand(z, y, [0.0], [[-LN2 - math.log(1.5)]], cfg=dataclasses.replace(cfg, kl_ratio_weighted=False),
+                  backend=backend, ref=ref)
+    assert out.loss.item() == approx(0.3591409) and g[0, 0, 0].item() == approx(-0.8591409 / 2)
+    out, g = hand(z, y, [0.0], cfg=cfg, backend=backend, ref=ref)
+    assert out.loss.item() == approx(0.3591409) and g[0, 0, 0].item() == approx(-0.25)
+    assert out.stats["kl_mean"] == approx(0.7182818)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + [TRITON])
+def test_hand_ratio_weighted_kl_gspo_sequence_ratio(backend):
+    """For mode "gspo" the KL weight is the sequence ratio s = exp(mean_t(lp - old)), differentiable through every
+    token.  One sequence of two tokens, lp = -ln 2 each, lp - old = (0.2, 0.4): s = e^0.3 = 1.3498588; A = 0; k3 with
+    ref - lp = (0, 1): KL = (0, e - 2 = 0.7182818); token-mean (weights 1/2), kl_beta 1:
+    loss = s * (0 + 0.7182818) / 2 = 0.4847895.
+    d loss / d lp_j = s * (1/2) * k3'_j + (sum_t (1/2) KL_t) * s / 2 (d s / d lp_j = s / n, n = 2):
+    j = 0: 0 + 0.3591409 * 0.6749294 = 0.2423948;  j = 1: 0.6749294 * (1 - e) + 0.2423948 = -0.9173242.
+    (A token-ratio weighting would give j = 1: 0.5 e^0.4 (1 - e + e - 2) = -0.7459123.)"""
+    cfg = PolicyLossConfig(mode="gspo", kl="k3", kl_beta=1.0, kl_ratio_weighted=True)
+    out, g = hand(torch.zeros(1, 2, 2), [[0, 0]], [0.0], [[-LN2 - 0.2, -LN2 - 0.4]], cfg=cfg, backend=backend,
+                  ref=[[-LN2, -LN2 + 1.0]])
+    assert out.loss.item() == approx(0.4847895)
+    torch.testing.assert_close(g[..., 0] * 2, torch.tensor([[0.2423948, -0.9173242]]), rtol=1e-5, atol=1e-6)
+
+
+def test_hand_public_building_blocks():
+    """lckernels.loss_agg_weights (the aggregation of PolicyLossConfig.loss_agg), log_ratio (+-20 clamp) and
+    kl_estimate (k1 / k3), from their docstrings.  Mask rows with 2, 1 and 0 valid tokens:
+    token-mean 1/3 per valid token; seq-mean-token-sum 1/2 (two non-empty sequences); seq-mean-token-mean
+    1/(2 * 2) = 0.25 on row 0 and 1/(1 * 2) = 0.5 on row 1; seq-mean-token-sum-norm 1/(B T) = 1/9, with
+    loss_norm_constant 4: 1/(3 * 4) = 1/12."""
+    m = torch.tensor([[1, 1, 0], [0, 1, 0], [0, 0, 0]])
+    vf = m.float()
+    want = {"token-mean": vf / 3, "seq-mean-token-sum": vf / 2,
+            "seq-mean-token-mean": torch.tensor([[0.25, 0.25, 0], [0, 0.5, 0], [0, 0, 0]]),
+            "seq-mean-token-sum-norm": vf / 9}
+    for agg, w in want.items():
+        got = lckernels.loss_agg_weights(m, agg)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, w, rtol=1e-6, atol=0, msg=agg)
+    torch.testing.assert_close(lckernels.loss_agg_weights(m.bool(), "seq-mean-token-sum-norm", 4.0), vf / 12)
+    assert (lckernels.loss_agg_weights(torch.zeros(2, 3), "seq-mean-token-mean") == 0).all()
+    with pytest.raises(ValueError, match="loss_agg"):
+        lckernels.loss_agg_weights(m, "token-sum")
+    with pytest.raises(ValueError, match="`mask` must be 2-D"):
+        lckernels.loss_agg_weights(m[0])
+    with pytest.raises(ValueError, match="loss_norm_constant"):
+        lckernels.loss_agg_weights(m, "seq-mean-token-sum-norm", 0.0)
+    # log_ratio: lp - other, clamped to +-20; gradient 1 inside the band, 0 where clamped
+    lp = torch.tensor([-1.0, 0.0, 0.0], requires_grad=True)
+    r = lckernels.log_ratio(lp, torch.tensor([-1.5, -30.0, 30.0]))
+    assert r.tolist() == approx([0.5, 20.0, -20.0])
+    r.sum().backward()
+    assert lp.grad.tolist() == [1.0, 0.0, 0.0]
+    # kl_estimate: k1 = lp - ref; k3 = e^d - d - 1, d = clamp(ref - lp): d = 1 -> e - 2; d = -25 -> e^-20 + 19
+    lp, ref = torch.tensor([0.0, 0.0, 25.0]), torch.tensor([0.0, 1.0, 0.0])
+    assert lckernels.kl_estimate(lp, ref, "k1").tolist() == approx([0.0, -1.0, 25.0])
+    assert lckernels.kl_estimate(lp, ref).tolist() == approx([0.0, math.e - 2, math.exp(-20) + 19])
+    with pytest.raises(ValueError, match="kind"):
+        lckernels.kl_estimate(lp, ref, "k2")

@@ -117,9 +117,13 @@ def test_coba_beta_params_hand_computed():
 def test_coba_value_hand_computed():
     a, b = 5.0, 2.0
     pdf = 0.5 ** 4 * 0.5 / (math.gamma(5) * math.gamma(2) / math.gamma(7))
-    assert coba_value(0.5, 3, a, b) == pytest.approx(pdf * (1 - 2 * 0.5 ** 3))
+    # default: the released saturation 1 - exp(-n p (1 - p) / tau), tau = 6 unless given
+    assert coba_value(0.5, 4, a, b) == pytest.approx(pdf * (1 - math.exp(-4 * 0.25 / 6)))
+    assert coba_value(0.5, 4, a, b, tau=2.0) == pytest.approx(pdf * (1 - math.exp(-0.5)))
     assert coba_value(0.5, 0, a, b) == 0.0
-    assert coba_value(0.5, 4, a, b, saturation="exp", tau=2.0) == pytest.approx(pdf * (1 - math.exp(-0.5)))
+    # option: the previous default, P(group is mixed) = 1 - p^n - (1 - p)^n
+    assert coba_value(0.5, 3, a, b, saturation="mixed") == pytest.approx(pdf * (1 - 2 * 0.5 ** 3))
+    assert coba_value(0.5, 0, a, b, saturation="mixed") == 0.0
     # p = 0 is smoothed to 0.01: tiny but positive value
     assert 0 < coba_value(0.0, 8, 2.0, 5.0) < coba_value(0.3, 8, 2.0, 5.0)
 
@@ -133,7 +137,11 @@ def test_coba_follows_the_failure_rate():
 
 def test_coba_edge_cases():
     assert coba_allocate(12, [np.nan] * 4).tolist() == [3, 3, 3, 3]          # all unseen -> p = 0.5 each
-    assert coba_allocate(12, [0.0] * 4).tolist() == [3, 3, 3, 3]             # all-0: identical prompts
+    # all-0: every prompt is "very hard" (p < 0.05), so nothing goes through the heap; the 4 units above n_min go
+    # through the released weighted pass in index order: prompt 0 gets floor(4 * w / 4w) = 1, the next ones
+    # floor(3 * w / 4w) = 0, then the 3 left are spread one each over the first three -> [2+2, 2+1, 2+1, 2]
+    assert coba_allocate(12, [0.0] * 4).tolist() == [4, 3, 3, 2]
+    assert coba_allocate(12, [0.0] * 4, routing="single_heap").tolist() == [3, 3, 3, 3]   # identical prompts
     assert coba_allocate(7, [1.0]).tolist() == [7]                          # one prompt takes everything
     alloc = CoBAAllocator(n_min=2, n_max=8)
     assert alloc.beta_params is None
@@ -146,17 +154,22 @@ def test_coba_edge_cases():
 def test_dynamo_priority_hand_computed():
     k = [8, 16, 0, 1, 0, 13, 14]
     g = [16, 16, 16, 1, 0, 16, 16]
-    np.testing.assert_allclose(dynamo_priority(k, g), [64 / 240, 0.01, 0.01, 0.01, 1.0, 39 / 240, 0.01])
-    np.testing.assert_allclose(dynamo_priority(k, g, priority_form="released_code"),
-                               [1.0, 0.01, 0.01, 0.01, 1.0, 4 * 13 / 16 * 3 / 16, 0.01])
+    # default: the released 4 acc (1 - acc); acc = 13/16 < 0.85 is not mastered, 14/16 = 0.875 is
+    np.testing.assert_allclose(dynamo_priority(k, g), [1.0, 0.01, 0.01, 0.01, 1.0, 4 * 13 / 16 * 3 / 16, 0.01])
+    np.testing.assert_allclose(dynamo_priority(k, g, priority_form="released_code"), dynamo_priority(k, g))
+    np.testing.assert_allclose(dynamo_priority(k, g, priority_form="unbiased"),
+                               [64 / 240, 0.01, 0.01, 0.01, 1.0, 39 / 240, 0.01])
 
 
 def test_dynamo_allocate_hand_computed():
     # floor 8 each, 32 left by priority [.267, .01, .01, 1]: the new prompt caps at 24, the rest re-poured
     assert dynamo_allocate(successes=[8, 16, 0, 0], counts=[16, 16, 16, 0]).tolist() == [24, 8, 8, 24]
-    # exploration: initial_budget 12 -> the unseen prompt starts at 12, then 12 left by priority
-    # [1, 5*15/380]: shares [10.02, 1.98] -> largest remainder -> [10, 2]
+    # exploration: initial_budget 12 -> the unseen prompt starts at 12, the other at n_low 8, then 12 left by
+    # priority [1, 4 * 0.25 * 0.75 = 0.75]: shares [6.857, 5.143] -> floors [6, 5] + largest remainder -> [7, 5]
     got = dynamo_allocate(32, successes=[0, 5], counts=[0, 20], initial_budget=12)
+    assert got.tolist() == [19, 13]
+    # the previous default (unbiased priority 5*15/380): shares [10.02, 1.98] -> [10, 2]
+    got = dynamo_allocate(32, successes=[0, 5], counts=[0, 20], initial_budget=12, priority_form="unbiased")
     assert got.tolist() == [22, 10]
     # budget below the exploration need: n_low first, then the rest toward the exploration targets
     assert dynamo_allocate(30, [0, 0], [0, 0], initial_budget=20).tolist() == [15, 15]

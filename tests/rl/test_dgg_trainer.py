@@ -34,7 +34,7 @@ TINY_LONGCAT = dict(hidden_size=32, ffn_hidden_size=64, q_lora_rank=16, kv_lora_
                     qk_rope_head_dim=8, head_dim=8, v_head_dim=8, num_attention_heads=2, num_key_value_heads=2,
                     n_routed_experts=4, expert_ffn_hidden_size=32)
 FAST_SEEDS = (0, 1, 2)
-# The slow one: configs/default.yaml's model and task (the settings of examples/dgg_reuse_experiment.py).
+# The slow one: lckernels_rl/configs/default.yaml's model and task (the settings of examples/dgg_reuse_experiment.py).
 SLOW_SEEDS = (0, 1, 2, 3, 4)
 SLOW_SET = ["threads=1", "rl.steps=40", "rl.prompts_per_step=16", "rl.rollouts_per_step=128", "rl.reuse=8",
             "rl.lr=0.0003", "rl.grad_clip=0", "log.eval_every=10", "log.checkpoint_every=0", "log.plots=false",
@@ -223,7 +223,7 @@ def test_demo_gate_fires_before_the_kl_explodes_and_ends_with_higher_reward(fast
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "Negative result (issue #5): on configs/default.yaml's model (LongCat-Flash MoE, hidden 128, 2-digit addition; "
+    "Negative result (issue #5): on lckernels_rl/configs/default.yaml's model (LongCat-Flash MoE, hidden 128, 2-digit addition; "
     "16x8 rollouts per step, K=8, RL lr 3e-4, no clipping, 40 RL steps) with the notes' DGG defaults the gated run "
     "ends with a lower mean reward than the ungated one on all of seeds 0-4 (0.172 vs 0.261); the ungated KL "
     "explodes on 2 of them. Strict: an XPASS flags a setup that demonstrates the claim."))

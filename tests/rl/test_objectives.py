@@ -431,29 +431,35 @@ def test_self_verify_examples_rules():
 
 
 def test_self_verify_balance_is_50_50_and_seeded():
+    # the old downsampling rule (an option since issue 16; the released fill-with-replacement default is tested in
+    # tests/rl/test_self_verify_released.py)
     q, r, c = _groups()
-    ex = O.build_verification_examples(q, r, c, seed=3)
+    ex = O.build_verification_examples(q, r, c, seed=3, balance="downsample")
     labels = [e.label for e in ex]
     assert labels.count("Yes") == labels.count("No") == 2                      # 4 Yes, 2 No -> 2 + 2
-    assert ex == O.build_verification_examples(q, r, c, seed=3)               # deterministic for a seed
-    many = [tuple((e.group, e.label) for e in O.build_verification_examples(q, r, c, seed=s)) for s in range(20)]
+    assert ex == O.build_verification_examples(q, r, c, seed=3, balance="downsample")  # deterministic for a seed
+    many = [tuple((e.group, e.label) for e in O.build_verification_examples(q, r, c, seed=s, balance="downsample"))
+            for s in range(20)]
     assert len(set(many)) > 1                                                   # the seed matters
-    only_correct = O.build_verification_examples(["x"], [["a", "b"]], [[True, True]], seed=0)
+    only_correct = O.build_verification_examples(["x"], [["a", "b"]], [[True, True]], seed=0, balance="downsample")
     assert only_correct == []                                                  # no "No" at all -> nothing balanced
 
 
 def test_self_verify_reward_and_schedule():
-    assert O.verification_reward("<think>no idea... yes?</think> The answer is \\boxed{No}.", "No") == 1.0
-    assert O.verification_reward("Yes, it is correct.", "No") == 0.0
-    assert O.verification_reward("I cannot tell", "Yes") == 0.0
+    # the old lenient 0/1 reward and the old replacing schedule (options since issue 16, whose released defaults --
+    # strict boxed match x min(pass_rate, 0.5), an extra update -- are tested in tests/rl/test_self_verify_released.py)
+    old = dict(strict_boxed=False, pass_rate_cap=None)
+    assert O.verification_reward("<think>no idea... yes?</think> The answer is \\boxed{No}.", "No", **old) == 1.0
+    assert O.verification_reward("Yes, it is correct.", "No", **old) == 0.0
+    assert O.verification_reward("I cannot tell", "Yes", **old) == 0.0
     assert O.parse_verdict("No wait... actually YES") == "Yes"
-    sched = O.SelfVerifySchedule()
+    sched = O.SelfVerifySchedule(mode="replace")
     kinds = [sched.kind(s) for s in range(12)]
     assert [i for i, k in enumerate(kinds) if k == "verification"] == [5, 11]  # one after every 5 generation steps
-    assert [s for s in range(9) if O.SelfVerifySchedule(every=2).is_verification_step(s)] == [2, 5, 8]
+    assert [s for s in range(9) if O.SelfVerifySchedule(every=2, mode="replace").is_verification_step(s)] == [2, 5, 8]
     with pytest.raises(ValueError):
         O.SelfVerifySchedule(every=0)
-    obj = get_objective("self_verify", base="dapo")
+    obj = get_objective("self_verify", base="dapo", **old)
     assert isinstance(obj.loss_objective(), O.DAPO) and obj.reward("yes", "Yes") == 1.0
 
 
@@ -472,3 +478,89 @@ def test_bad_inputs_are_clear():
     with pytest.raises(ValueError, match="teacher_log_prob"):
         get_objective("aopd")(lp, None, None, None, teacher_logits=torch.zeros(1, 2, 3),
                               student_logits=torch.zeros(1, 2, 3))
+
+
+# ------------------------------------------------------------------------------------------- issue 16: kernel inputs
+
+def test_token_weight_and_ratio_weighted_kl_need_no_extra_pass(monkeypatch):
+    """token_weight is the kernel's pg_weight and the ratio-weighted KL the kernel's kl_ratio_weighted: the fused
+    path is one fused_policy_loss call (no fused_logprobs pass, no rollout-correction detour)."""
+    p = make_problem(seed=4)
+    calls = {"logprobs": 0, "loss": []}
+    real_lp, real_loss = lckernels.fused_logprobs, lckernels.fused_policy_loss
+
+    def lp_spy(*a, **k):
+        calls["logprobs"] += 1
+        return real_lp(*a, **k)
+
+    def loss_spy(*a, **k):
+        calls["loss"].append(k)
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(lckernels, "fused_logprobs", lp_spy)
+    monkeypatch.setattr(lckernels, "fused_policy_loss", loss_spy)
+    wts = torch.rand(B, T, generator=p["g"]) * 2
+    for name in ("grpo", "gspo", "maspo"):
+        obj = get_objective(name, kl_beta=0.1, kl_ratio_weighted=True)
+        obj.fused(p["h"], p["w"], p["y"], p["adv"], None, p["mask"], ref_log_prob=p["ref"], token_weight=wts)
+    assert calls["logprobs"] == 0 and len(calls["loss"]) == 3
+    for k in calls["loss"]:
+        cfg = k["config"]
+        assert cfg.rollout_correction is None and k["rollout_logprobs"] is None
+        assert cfg.kl_ratio_weighted and cfg.kl_beta == 0.1 and torch.equal(k["pg_weight"], wts)
+
+
+def test_hand_ratio_weighted_kl_objective():
+    """GRPO (k3, seq-mean-token-mean) with kl_beta 0.1 and kl_ratio_weighted, one token, A = 0:
+    r = pi / pi_old = 1.5, ref - lp = 1 -> k3 = e - 2 = 0.7182818; loss = 0.1 * 1.5 * 0.7182818 = 0.1077423;
+    d loss / d lp = 0.1 * 1.5 * ((1 - e) + (e - 2)) = -0.15 (the ratio's own gradient included).
+    Unweighted: 0.1 * 0.7182818 = 0.0718282, d loss / d lp = 0.1 * (1 - e) = -0.1718282."""
+    for weighted, want, grad in ((True, 0.1077423, -0.15), (False, 0.0718282, -0.1718282)):
+        lp = torch.tensor([[-1.0]], requires_grad=True)
+        obj = get_objective("grpo", kl_beta=0.1, kl_ratio_weighted=weighted)
+        loss, m = obj(lp, torch.tensor([[-1.0 - math.log(1.5)]]), torch.zeros(1), None,
+                      ref_log_prob=torch.tensor([[0.0]]))
+        loss.backward()
+        assert loss.item() == pytest.approx(want, rel=1e-5) and lp.grad.item() == pytest.approx(grad, rel=1e-5)
+        assert m["kl_mean"] == pytest.approx(math.e - 2, rel=1e-5)
+
+
+def test_token_weight_is_exact_beyond_the_log_ratio_clamp():
+    """A token weight is applied as is (the old detour through rollout correction clamped log w to +-20):
+    on-policy, A = 1, one token, w = e^25: loss = -e^25, d loss / d lp = -e^25."""
+    lp = torch.zeros(1, 1, requires_grad=True)
+    loss, _ = get_objective("dapo")(lp, None, torch.ones(1), None, token_weight=torch.tensor([[math.exp(25.0)]]))
+    loss.backward()
+    assert loss.item() == pytest.approx(-math.exp(25.0), rel=1e-5)
+    assert lp.grad.item() == pytest.approx(-math.exp(25.0), rel=1e-5)
+    with pytest.raises(ValueError, match="token_weight must have shape"):
+        get_objective("dapo")(lp, None, torch.ones(1), None, token_weight=torch.ones(2, 1))
+    with pytest.raises(ValueError, match="token_weight must be finite and >= 0"):
+        get_objective("dapo")(lp, None, torch.ones(1), None, token_weight=-torch.ones(1, 1))
+
+
+def test_lckernels_rl_uses_only_the_public_lckernels_api():
+    """lckernels_rl imports names of ``lckernels.__all__`` (and the host integrations under lckernels.integrations),
+    never the ops' internals."""
+    import ast
+    from pathlib import Path
+
+    pub = set(lckernels.__all__)
+    root = Path(O.__file__).resolve().parents[1]
+    bad = []
+    for f in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lckernels":
+                if node.module == "lckernels":
+                    bad += [(f.name, node.lineno, a.name) for a in node.names if a.name not in pub]
+                elif not node.module.startswith("lckernels.integrations"):
+                    bad.append((f.name, node.lineno, node.module))
+            elif isinstance(node, ast.Import):
+                bad += [(f.name, node.lineno, a.name) for a in node.names
+                        if a.name.startswith("lckernels.") and not a.name.startswith("lckernels.integrations")]
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "lckernels":
+                if node.attr not in pub and node.attr != "integrations":
+                    bad.append((f.name, node.lineno, node.attr))
+    assert not bad, bad
+    for name in ("loss_agg_weights", "log_ratio", "kl_estimate"):
+        assert name in pub

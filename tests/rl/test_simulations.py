@@ -114,14 +114,28 @@ def test_dynamo_lowers_gradient_variance_proxy(seed):
 
 
 def test_variance_proportional_alone_equals_uniform():
-    # the reason a floor matters: n ~ var gives exactly the uniform proxy, the floor + extra mix is strictly lower
-    var = np.array([0.01, 0.05, 0.1, 0.2, 0.25])
-    budget = 100.0
-    prop = budget * var / var.sum()
-    uni = np.full(5, budget / 5)
-    assert (var / prop).sum() == pytest.approx((var / uni).sum())
-    mix = 0.5 * uni + 0.5 * prop
-    assert (var / mix).sum() < (var / uni).sum()
+    """The reason a floor matters, through ``dynamo_allocate``: without a floor (``n_low = 0``) DynaMO's water-fill is
+    the variance-proportional allocation, whose proxy ``sum_i var_i / n_i`` equals uniform's exactly; with the floor
+    (``n_low = 8``) the same budget gives a floor + priority-proportional mix, strictly lower.
+
+    Hand derivation.  16 past rollouts each, k = 8, 4, 12 successes: unbiased variances ``k (16 - k) / (16 * 15)``
+    = 16/60, 12/60, 12/60 (sum 40/60), none mastered (k/G < 0.85) or under the 0.01 floor.  Budget 40:
+      * n_low = 0: 40 * (16, 12, 12) / 40 = (16, 12, 12) exactly; proxy = 3 * (1/60) = 0.05 = (40/60) / (40/3).
+      * n_low = 8, n_high = 24: 8 each, the other 16 split 16 * (0.4, 0.3, 0.3) = (6.4, 4.8, 4.8) -> floors (6, 4, 4),
+        the 2 left to the largest remainders (0.8, 0.8) -> (14, 13, 13); proxy = (16/60)/14 + 2 (12/60)/13 < 0.05.
+    """
+    k, seen = np.array([8, 4, 12]), np.full(3, 16)
+    var = k * (16 - k) / (16 * 15)
+    budget = 40
+    uniform_proxy = (var / (budget / 3)).sum()
+
+    prop = dynamo_allocate(budget, successes=k, counts=seen, n_low=0, n_high=budget, priority_form="unbiased")
+    assert prop.tolist() == [16, 12, 12]
+    assert (var / prop).sum() == pytest.approx(uniform_proxy, rel=1e-12) == pytest.approx(0.05, rel=1e-12)
+
+    floored = dynamo_allocate(budget, successes=k, counts=seen, n_low=8, n_high=24, priority_form="unbiased")
+    assert floored.tolist() == [14, 13, 13]
+    assert (var / floored).sum() < uniform_proxy - 1e-4                 # 0.04982 vs 0.05
 
 
 # ----------------------------------------------------------------------------------------------- CoBA
@@ -146,7 +160,10 @@ def test_coba_heap_matches_brute_force(saturation):
         budget = int(rng.integers(n_min * n_p, n_max * n_p + 1))
         alpha, beta = coba_beta_params(fail)
         kw = dict(saturation=saturation, tau=5.0)
-        got = coba_allocate(budget, rates, fail, n_min=n_min, n_max=n_max, saturation=saturation, tau=5.0, seed=0)
+        # the heap's optimality: one heap over every prompt (the released default pre-routes p < 0.05 / p > 0.99
+        # and sends only part of the budget through the heap, so it does not maximise sum V by design)
+        got = coba_allocate(budget, rates, fail, n_min=n_min, n_max=n_max, saturation=saturation, tau=5.0, seed=0,
+                            routing="single_heap")
         ns = np.arange(n_min, n_max + 1)
         table = np.stack([coba_value(rates[i], ns, alpha, beta, **kw) for i in range(n_p)])
         total = sum(coba_value(rates[i], got[i], alpha, beta, **kw) for i in range(n_p))

@@ -47,11 +47,16 @@ class PolicyLossConfig:
     prod_t w_t is outside [rc_threshold_low, rc_threshold].  ``rc_threshold_low=None`` means 1 / rc_threshold.
 
     ``kl``: ``"k1"`` (log pi - log pi_ref) or ``"k3"`` (exp(ref - lp) - (ref - lp) - 1), added as ``kl_beta`` times
-    the same aggregation; needs ``ref_logprobs``.  ``entropy_coef`` subtracts coef * aggregated entropy.
+    the same aggregation; needs ``ref_logprobs``.  ``kl_ratio_weighted=True`` multiplies each token's KL in the loss
+    by the importance ratio r = exp(clamp(log pi - log pi_old, +-20)), differentiable (not detached; on-policy
+    r = 1 with its gradient) -- the unbiased reverse-KL gradient of DeepSeek-V3.2 (TRL's ``use_bias_correction_kl``);
+    for mode ``"gspo"`` r is the sequence ratio s = exp(clamp(mean_t(log pi - log pi_old), +-20)), differentiable
+    through every token of the sequence.  ``stats["kl_mean"]`` stays the unweighted KL; without ``kl`` / with
+    ``kl_beta=0`` the option has no effect.  ``entropy_coef`` subtracts coef * aggregated entropy.
 
     ``nonfinite``: what to do with NaN/inf in ``old_logprobs``/``rollout_logprobs``/``ref_logprobs``/``advantages``
-    on valid tokens: ``"error"`` (default, a ValueError naming the tensor) or ``"mask"`` (drop those tokens, counted in
-    ``stats["nonfinite_frac"]``).
+    /``pg_weight`` on valid tokens: ``"error"`` (default, a ValueError naming the tensor) or ``"mask"`` (drop those
+    tokens, counted in ``stats["nonfinite_frac"]``).
     """
 
     mode: str = "clip"
@@ -84,6 +89,7 @@ class PolicyLossConfig:
     rc_threshold_low: Optional[float] = None
     kl: Optional[str] = None
     kl_beta: float = 0.0
+    kl_ratio_weighted: bool = False
     entropy_coef: float = 0.0
     nonfinite: str = "error"
     ignore_index: int = -100
@@ -102,7 +108,8 @@ class PolicyLossConfig:
         choice("nonfinite", ("error", "mask"))
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("mode", "loss_agg", "rollout_correction", "kl", "nonfinite", "ignore_index"):
+            if f.name in ("mode", "loss_agg", "rollout_correction", "kl", "nonfinite", "ignore_index",
+                          "kl_ratio_weighted"):
                 continue
             if v is None:
                 continue
@@ -129,6 +136,8 @@ class PolicyLossConfig:
         if self.maspo_a_low > self.maspo_a_high or self.maspo_sigma_base > self.maspo_sigma_high:
             raise ValueError("PolicyLossConfig: MASPO bounds need maspo_a_low <= maspo_a_high and "
                              "maspo_sigma_base <= maspo_sigma_high")
+        if not isinstance(self.kl_ratio_weighted, bool):
+            raise TypeError(f"PolicyLossConfig.kl_ratio_weighted must be a bool; got {self.kl_ratio_weighted!r}")
         if isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index, int):
             raise TypeError(f"PolicyLossConfig.ignore_index must be an int; got {self.ignore_index!r}")
 

@@ -22,6 +22,8 @@ class CpuKernels:
     def __init__(self, explicit: bool, ignore_index: int):
         self.ops = chunk_ops(explicit)
         self.ignore_index = ignore_index
+        # MASPO's gate: the C++ kernel of lckernels.soft_gaussian_gate ("auto" falls back like every CPU op)
+        self.gate_backend = "cpu" if explicit else "auto"
 
     @staticmethod
     def weight_for_gemm(weight):

@@ -21,7 +21,8 @@ from typing import Optional
 import torch
 
 from .config import PolicyLossConfig
-from .math import Prepared, StatSums, base_valid, gspo_sequence_log_ratio, loss_from_terms, prepare
+from .math import (Prepared, StatSums, base_valid, gspo_kl_coupling, gspo_sequence_log_ratio, loss_from_terms,
+                   prepare)
 
 DEFAULT_CHUNK_BYTES = 32 << 20  # fp32 logits per row chunk (CPU): ~260 rows at V = 32k, GEMMs stay efficient
 
@@ -59,13 +60,15 @@ class FusedResult:
 def run_fused(kernels, hidden2d: torch.Tensor, weight: torch.Tensor, targets2d: torch.Tensor,
               advantages: torch.Tensor, old: Optional[torch.Tensor], mask: Optional[torch.Tensor],
               rollout: Optional[torch.Tensor], ref: Optional[torch.Tensor], cfg: PolicyLossConfig,
-              need_grad_hidden: bool, need_grad_weight: bool) -> FusedResult:
+              need_grad_hidden: bool, need_grad_weight: bool,
+              pg_weight: Optional[torch.Tensor] = None) -> FusedResult:
     """hidden2d [N, D] with N = B * T rows in [B, T] order; targets2d [B, T]; the rest [B, T] / [B] (validated).
 
     ``kernels`` provides ``chunk_bytes`` (logits budget per row chunk), ``compact`` (drop invalid rows first: fine on CPU, a host sync on GPU),
     ``weight_for_gemm(weight)``, ``row_stats(h_chunk, w, y_chunk, inv_t) -> (lp, ent, lse, logits)``,
     ``dlogits_(logits, y_chunk, lse, ent, g_scaled, ge_scaled)`` (in place, returns the tensor for the GEMMs) and
-    ``forward_logprobs(hidden2d, weight, targets_flat, temperature) -> lp``.
+    ``forward_logprobs(hidden2d, weight, targets_flat, temperature) -> lp`` and ``gate_backend`` (the backend of
+    MASPO's gate kernel on these rows).
     """
     b, t = targets2d.shape
     n, d = hidden2d.shape
@@ -81,8 +84,11 @@ def run_fused(kernels, hidden2d: torch.Tensor, weight: torch.Tensor, targets2d: 
         if old is None:
             old = prepass_lp
     valid = base_valid(targets2d, mask, (b, t), cfg.ignore_index, dev)
-    prep = prepare(valid, advantages, old, rollout, ref, cfg)
+    prep = prepare(valid, advantages, old, rollout, ref, cfg, pg_weight)
     gspo = gspo_sequence_log_ratio(prepass_lp, prep.old, prep.valid) if cfg.mode == "gspo" else None
+    kl_c = None
+    if gspo is not None and cfg.kl is not None and cfg.kl_beta and cfg.kl_ratio_weighted:
+        kl_c = gspo_kl_coupling(prepass_lp, prep, cfg, gspo)  # [B, T] from the prepass: no extra GEMM
 
     idx = prep.valid.reshape(-1).nonzero().squeeze(1) if kernels.compact else None
     rows_total = n if idx is None else idx.numel()
@@ -102,12 +108,13 @@ def run_fused(kernels, hidden2d: torch.Tensor, weight: torch.Tensor, targets2d: 
         lp, ent, lse, logits = kernels.row_stats(h_c, w_gemm, y_c, inv_t)
         p_c = slice_prepared(prep, rows)
         g_c = _take(gspo, rows)
+        k_c = _take(kl_c, rows)
         lp_leaf = lp.detach().requires_grad_(need_grad)
         ent_leaf = ent.detach().requires_grad_(need_grad and cfg.entropy_coef != 0)
         with torch.enable_grad():
             lp_masked = torch.where(p_c.valid, lp_leaf, torch.zeros_like(lp_leaf))
             # entropy is nearly free here and feeds stats["entropy_mean"], so it is always passed
-            loss_c = loss_from_terms(lp_masked, ent_leaf, p_c, cfg, stats, g_c)
+            loss_c = loss_from_terms(lp_masked, ent_leaf, p_c, cfg, stats, g_c, k_c, kernels.gate_backend)
         loss = loss + loss_c.detach()
         logprobs.index_copy_(0, rows, torch.where(p_c.valid, lp, torch.zeros_like(lp)))
         if not need_grad or not loss_c.requires_grad:

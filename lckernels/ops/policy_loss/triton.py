@@ -57,6 +57,7 @@ class TritonKernels:
         self.ignore_index = ignore_index
         self.chunk_bytes = INTERPRETER_CHUNK_BYTES if interpreter_enabled() else GPU_CHUNK_BYTES
         self.dtype = None
+        self.gate_backend = "triton"  # MASPO's gate: the Triton kernel of lckernels.soft_gaussian_gate
 
     @staticmethod
     def weight_for_gemm(weight):
