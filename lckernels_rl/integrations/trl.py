@@ -27,7 +27,7 @@ TRL ``loss_type``                   lckernels_rl objective
 =================================  =====================================================================
 
 ``beta`` becomes the objective's ``kl_beta`` (k3, as TRL) and ``use_bias_correction_kl`` (TRL's default) its
-``kl_ratio_weighted`` (KL times the differentiable ratio; one extra ``fused_logprobs`` pass); ``temperature``
+``kl_ratio_weighted`` (KL times the differentiable ratio, inside the fused kernel: ``PolicyLossConfig.kl_ratio_weighted``); ``temperature``
 divides the logits.  The vLLM IS
 correction is TRL's precomputed ``importance_sampling_ratio`` applied as a per-token factor (``token_weight``) --
 or, for objectives that read the inference log-probs themselves (lcft_tis, hispo), ``sampling_per_token_logps`` is
