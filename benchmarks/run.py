@@ -29,6 +29,7 @@ OPS: dict[str, str] = {
     "moe_experts": "benchmarks.ops.moe",
     "grad_norms": "benchmarks.ops.grad_norms",
     "rl_step": "benchmarks.ops.rl_step",
+    "generate": "benchmarks.ops.generate",
 }
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -218,6 +219,14 @@ def _parser(mod: ModuleType | None) -> argparse.ArgumentParser:
     p.add_argument("--contention-policies", nargs="+", default=None,
                    help="OpenMP wait policies of the measured workers: lckernels (the shipped default), "
                         "omp-default (default: both)")
+    p.add_argument("--vs", choices=["trl"], default=None,
+                   help="rl_step only: run TRL's GRPOTrainer and our Trainer side by side on the same model, batch, "
+                        "completion cap, loss and lr, each in its own process (benchmarks/ops/rl_step_trl.py)")
+    p.add_argument("--vs-providers", nargs="+", default=None,
+                   help="with --vs trl: lckernels-trainer, trl-grpo, trl-grpo+lck (default: all)")
+    p.add_argument("--profile", action="store_true",
+                   help="rl_step only: profile one more step of our trainer (rollout / forward / loss / backward / "
+                        "optimizer / experts shares); runs our worker alone unless --vs trl is given")
     if mod is not None:
         g = p.add_argument_group(f"{mod.OP} parameters")
         for name, default in mod.DEFAULTS.items():
@@ -249,6 +258,20 @@ def main(argv: list[str] | None = None) -> int:
                 params[name] = _split(value, type(default[0]))
         else:
             params[name] = value
+    if args.vs or args.profile:
+        if args.op != "rl_step":
+            print("error: --vs / --profile work with --op rl_step", file=sys.stderr)
+            return 2
+        from .ops.rl_step_trl import OURS, format_vs_trl, run_vs_trl
+        try:
+            rows = run_vs_trl(params, providers=_split(args.vs_providers) if args.vs else [OURS],
+                              repeats=args.repeats, warmup=args.warmup, profile=args.profile, out=args.out)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(format_vs_trl(rows))
+        print(f"appended {len(rows)} rows to {args.out}")
+        return 0
     if args.contention:
         from .contention import POLICIES, format_contention, run_contention
         try:

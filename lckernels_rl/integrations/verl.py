@@ -7,10 +7,12 @@ lckernels adds the module :mod:`lckernels_rl.integrations.verl_plugin` to the ``
 import in the user's script.  Select one with ``actor_rollout_ref.actor.policy_loss.loss_mode=lck_dapo``.
 
 What verl passes, verified against ``verl/trainer/ppo/core_algos.py`` and ``verl/workers/actor/dp_actor.py``
-(verl-project/verl main, 2026): ``register_policy_loss(name)`` and ``register_adv_est(name)`` are decorator
-factories; the actor calls ``policy_loss_fn(old_log_prob=, log_prob=, advantages=, response_mask=,
-loss_agg_mode=, config=, rollout_is_weights=)`` -> ``(pg_loss, metrics: dict)``, where ``config`` is the actor config
-(``clip_ratio``, ``clip_ratio_low``, ``clip_ratio_high``, ``clip_ratio_c``, ``tau_pos``, ``tau_neg``,
+(verl-project/verl main, 2026), and tested against verl 0.9.1, where the caller is ``ppo_loss`` in
+``verl/workers/utils/losses.py`` (tests/rl/test_integrations_verl.py): ``register_policy_loss(name)`` and
+``register_adv_est(name)`` are decorator factories; the actor calls ``policy_loss_fn(old_log_prob=, log_prob=,
+advantages=, response_mask=, loss_agg_mode=, config=, rollout_is_weights=)`` -> ``(pg_loss, metrics: dict)``,
+where ``config`` is the actor config (``clip_ratio``, ``clip_ratio_low``, ``clip_ratio_high``, ``clip_ratio_c``,
+``tau_pos``, ``tau_neg``,
 ``global_batch_info`` = {dp_size, batch_num_tokens, global_batch_size, loss_scale_factor}) and ``rollout_is_weights``
 are precomputed per-token train/inference weights that multiply the policy-gradient term.  Advantage estimators are
 called as ``fn(token_level_rewards=, response_mask=, config=, index=uid array[, reward_baselines=])`` ->
@@ -26,8 +28,9 @@ own values):
   ``clip_ratio_c``.  ``tau_pos`` / ``tau_neg`` -> sapo.  maspo keeps its own parameters.  As with verl's own losses,
   DAPO's clip-higher is ``clip_ratio_high=0.28`` in the verl config.
 * aggregation: ``loss_agg_mode`` is used, except by the objectives that fix it by definition -- dapo (token-mean),
-  dr_grpo and lcft_tis (seq-mean-token-sum-norm), gspo and sapo (seq-mean-token-mean, as verl's own gspo/sapo).
-  ``"token-sum"`` is supported.  The local loss is rescaled to verl's global normalization when
+  dr_grpo and lcft_tis (seq-mean-token-sum-norm), gspo and sapo (seq-mean-token-mean, as verl's own sapo;
+  verl 0.9.1's gspo follows ``loss_agg_mode`` and only recommends it).  ``"token-sum"`` is supported (the pinned
+  ones ignore it).  The local loss is rescaled to verl's global normalization when
   ``config.global_batch_info`` carries ``dp_size`` / ``batch_num_tokens`` / ``global_batch_size`` (token-mean:
   x n_local_tokens * dp / batch_num_tokens; seq-mean-*: x n_local_seqs * dp / global_batch_size;
   seq-mean-token-sum-norm: verl divides by the number of non-empty sequences (or global_batch_size) times
