@@ -14,6 +14,8 @@ Policies (``policies``):
   unless the user chose a policy (the shipped behaviour).
 * ``omp-default`` -- the same without any wait setting and with ``LCK_OMP_PASSIVE=0``: OpenMP's default
   (libgomp spins ~3 ms before it sleeps), i.e. the trainer before lckernels set the policy.
+* ``spin=<N>`` -- no other wait setting, ``GOMP_SPINCOUNT=<N>`` (a user's choice, which lckernels_rl keeps): libgomp
+  spins N iterations before it sleeps (0 = passive, 300000 = its default).
 
 The slowdown of a provider is its median ``time`` beside the competitor divided by its median alone, with the
 same policy (goal for ``lckernels``: <= :data:`GOAL`).  Times on a machine that already runs other jobs are noise:
@@ -70,7 +72,12 @@ def policy_env(policy: str) -> dict[str, str]:
         return env
     if policy == "omp-default":
         return {**_without_wait_settings(env), "LCK_OMP_PASSIVE": "0"}
-    raise ValueError(f"unknown contention policy {policy!r}; choose from {', '.join(POLICIES)}")
+    if policy.startswith("spin="):
+        n = policy[len("spin="):]
+        if not n.isdigit():
+            raise ValueError(f"contention policy {policy!r}: spin=<N> needs a non-negative integer N")
+        return {**_without_wait_settings(env), "GOMP_SPINCOUNT": n}
+    raise ValueError(f"unknown contention policy {policy!r}; choose from {', '.join(POLICIES)} or spin=<N>")
 
 
 class Competitor:
@@ -205,9 +212,11 @@ def format_contention(rows: list[dict]) -> str:
     g0 = rows[0]
     out = [f"{g0['op']} contention  {g0.get('config', '')}  |  {g0['device']}  |  commit {g0['commit']}",
            f"competitor: {g0.get('competitor')}; slowdown = median time beside it / alone (goal for lckernels: "
-           f"<= {GOAL:g}x); a noisy machine makes these numbers noise"]
+           f"<= {GOAL:g}x); alone/default and beside/default-alone = that time / omp-default's time alone (what the "
+           f"policy costs a user alone, and beside the competitor); a noisy machine makes these numbers noise"]
     head = (f"{'mode':5s} {g0['x_name']:>6s}  {'provider':20s} {'policy':12s} {'OMP_WAIT_POLICY':28s} "
-            f"{'alone ms':>9s} {'[p20-p80]':>15s} {'beside ms':>10s} {'[p20-p80]':>15s} {'slowdown':>9s}")
+            f"{'alone ms':>9s} {'[p20-p80]':>15s} {'beside ms':>10s} {'[p20-p80]':>15s} {'slowdown':>9s} "
+            f"{'alone/default':>13s} {'beside/default-alone':>20s}")
     out += [head, "-" * len(head)]
     by: dict[tuple, dict] = {}
     for r in rows:
@@ -221,11 +230,16 @@ def format_contention(rows: list[dict]) -> str:
         band = f"[{r['p20']:.0f}-{r['p80']:.0f}]"
         return f"{r['median']:{width}.1f} {band:>15s}"
 
+    def versus(r: dict | None, base: dict | None) -> str:
+        return f"{r['median'] / base['median']:.2f}x" if r and base else "-"
+
     for (mode, x, prov, policy), d in by.items():
         s = d.get("ratio")
         slow = f"{s['median']:.2f}x" if s else "-"
+        base = by.get((mode, x, prov, "omp-default"), {}).get("alone")  # what a user who sets nothing had before
         out.append(f"{mode:5s} {x!s:>6s}  {prov:20s} {policy:12s} {d['wait_policy']:28s} "
-                   f"{cell(d.get('alone'), 9)} {cell(d.get('contended'), 10)} {slow:>9s}")
+                   f"{cell(d.get('alone'), 9)} {cell(d.get('contended'), 10)} {slow:>9s} "
+                   f"{versus(d.get('alone'), base):>13s} {versus(d.get('contended'), base):>20s}")
     return "\n".join(out) + "\n"
 
 

@@ -218,7 +218,7 @@ def _parser(mod: ModuleType | None) -> argparse.ArgumentParser:
     p.add_argument("--contention-threads", type=int, default=2, help="the competitor's torch threads (default: 2)")
     p.add_argument("--contention-policies", nargs="+", default=None,
                    help="OpenMP wait policies of the measured workers: lckernels (the shipped default), "
-                        "omp-default (default: both)")
+                        "omp-default, spin=<N> (GOMP_SPINCOUNT=N) (default: lckernels omp-default)")
     p.add_argument("--vs", choices=["trl"], default=None,
                    help="rl_step only: run TRL's GRPOTrainer and our Trainer side by side on the same model, batch, "
                         "completion cap, loss and lr, each in its own process (benchmarks/ops/rl_step_trl.py)")
@@ -258,44 +258,39 @@ def main(argv: list[str] | None = None) -> int:
                 params[name] = _split(value, type(default[0]))
         else:
             params[name] = value
-    if args.vs or args.profile:
-        if args.op != "rl_step":
-            print("error: --vs / --profile work with --op rl_step", file=sys.stderr)
-            return 2
-        from .ops.rl_step_trl import OURS, format_vs_trl, run_vs_trl
-        try:
-            rows = run_vs_trl(params, providers=_split(args.vs_providers) if args.vs else [OURS],
-                              repeats=args.repeats, warmup=args.warmup, profile=args.profile, out=args.out)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(format_vs_trl(rows))
-        print(f"appended {len(rows)} rows to {args.out}")
-        return 0
-    if args.contention:
-        from .contention import POLICIES, format_contention, run_contention
-        try:
-            rows = run_contention(args.op, params=params, providers=_split(args.providers), modes=_split(args.modes),
-                                  repeats=args.repeats, warmup=args.warmup,
-                                  policies=_split(args.contention_policies) or POLICIES,
-                                  competitor_threads=args.contention_threads, out=args.out, verbose=True)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(format_contention(rows))
-        print(f"appended {len(rows)} rows to {args.out}")
-        return 0
     try:
-        rows = run(args.op, modes=_split(args.modes), providers=_split(args.providers), repeats=args.repeats,
-                   warmup=args.warmup, memory=not args.no_memory,
-                   memory_jobs=args.memory_jobs, out=args.out, plot_dir=args.plot_dir,
-                   device=args.device, verbose=True, **params)
+        rows, table, where = _dispatch(args, params)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(format_table(rows))
-    print(f"appended {len(rows)} rows to {args.out}; plots in {args.plot_dir}")
+    print(table)
+    print(where)
     return 0
+
+
+def _dispatch(args: argparse.Namespace, params: dict) -> tuple[list[dict], str, str]:
+    """Run what the flags ask for (``--vs``/``--profile``, ``--contention`` or the plain sweep): its rows, their
+    table and where they went.  Bad flags raise ``ValueError`` (the CLI prints it and exits 2)."""
+    if args.vs or args.profile:
+        if args.op != "rl_step":
+            raise ValueError("--vs / --profile work with --op rl_step")
+        from .ops.rl_step_trl import OURS, format_vs_trl, run_vs_trl
+
+        rows = run_vs_trl(params, providers=_split(args.vs_providers) if args.vs else [OURS],
+                          repeats=args.repeats, warmup=args.warmup, profile=args.profile, out=args.out)
+        return rows, format_vs_trl(rows), f"appended {len(rows)} rows to {args.out}"
+    if args.contention:
+        from .contention import POLICIES, format_contention, run_contention
+
+        rows = run_contention(args.op, params=params, providers=_split(args.providers), modes=_split(args.modes),
+                              repeats=args.repeats, warmup=args.warmup,
+                              policies=_split(args.contention_policies) or POLICIES,
+                              competitor_threads=args.contention_threads, out=args.out, verbose=True)
+        return rows, format_contention(rows), f"appended {len(rows)} rows to {args.out}"
+    rows = run(args.op, modes=_split(args.modes), providers=_split(args.providers), repeats=args.repeats,
+               warmup=args.warmup, memory=not args.no_memory, memory_jobs=args.memory_jobs, out=args.out,
+               plot_dir=args.plot_dir, device=args.device, verbose=True, **params)
+    return rows, format_table(rows), f"appended {len(rows)} rows to {args.out}; plots in {args.plot_dir}"
 
 
 __all__ = ["OPS", "CSV_COLUMNS", "load_op", "run", "format_table", "main"]

@@ -8,8 +8,12 @@ config's ``rl.max_new_tokens``).  One call = one batch of ``rollouts`` sequences
 
 Providers (one mode, ``sample``):
 
-* ``lckernels-rollout``      -- the trainer's path: ``HFGenerateBackend.generate`` (``model.generate`` with
-  ``do_sample``, ``top_k=0``, ``output_logits`` and the log-probs of the sampled tokens), experts ``lckernels``.
+* ``lckernels-rollout``      -- the trainer's path: ``HFGenerateBackend.generate`` (``model.generate`` in greedy
+  mode around the backend's own logits processor, which samples by inverse CDF and records the chosen tokens'
+  log-probs), experts ``lckernels``.
+* ``hf-sample-logprobs``     -- the same semantics through transformers' sampler: ``model.generate(do_sample=True,
+  top_k=0, top_p=1, output_logits=True)`` and ``log_softmax(logits / T)`` gathered at the sampled tokens (the
+  trainer's path before its own sampler): what ``softmax`` + ``torch.multinomial`` and the stacked logits cost.
 * ``hf-generate``            -- anchor: ``model.generate(input_ids, attention_mask, do_sample=True,
   max_new_tokens=...)`` with transformers' defaults otherwise (KV cache on, ``top_k=50``, no logits kept), the same
   model.
@@ -44,6 +48,7 @@ ANCHOR = "hf-generate"
 LIMIT = "hf-generate"  # no physical limit row; the generic table needs a name
 PROVIDERS = {
     "lckernels-rollout": "HFGenerateBackend.generate (the trainer's sampling + log-probs), experts lckernels",
+    "hf-sample-logprobs": "model.generate(do_sample, top_k=0, output_logits) + log-probs, experts lckernels",
     "hf-generate": "model.generate, transformers defaults, experts lckernels",
     "hf-generate-grouped_mm": "model.generate, transformers defaults, experts grouped_mm (TRL's sampler)",
     "hf-generate-no-cache": "model.generate, use_cache=False, experts lckernels",
@@ -121,16 +126,30 @@ class Sample:
                                         temperature=i.temperature)
             self.tokens.append(out.num_response_tokens())
             return out
+        if self.provider == "hf-sample-logprobs":
+            with torch.no_grad():
+                gen = self.model.generate(input_ids=self.ids, attention_mask=self.mask, do_sample=True,
+                                          temperature=i.temperature, top_k=0, top_p=1.0,
+                                          max_new_tokens=i.max_new_tokens, eos_token_id=i.eos, pad_token_id=i.pad,
+                                          return_dict_in_generate=True, output_logits=True)
+                new = gen.sequences[:, self.ids.shape[1]:]
+                logits = torch.stack(gen.logits, 1).float()[:, :new.shape[1]]
+                lp = torch.log_softmax(logits / i.temperature, -1).gather(-1, new[..., None]).squeeze(-1)
+            self.tokens.append(self._count(new))
+            return lp
         kw = {"use_cache": False} if self.provider == "hf-generate-no-cache" else {}
         with torch.no_grad():
             seq = self.model.generate(input_ids=self.ids, attention_mask=self.mask, do_sample=True,
                                       temperature=i.temperature, max_new_tokens=i.max_new_tokens,
                                       eos_token_id=i.eos, pad_token_id=i.pad, **kw)
-        new = seq[:, self.ids.shape[1]:]
-        is_eos = new == i.eos
-        first = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, torch.full_like(new[:, 0], new.shape[1]))
-        self.tokens.append(int(first.sum()))
+        self.tokens.append(self._count(seq[:, self.ids.shape[1]:]))
         return seq
+
+    def _count(self, new: torch.Tensor) -> int:
+        """Sampled tokens per row up to and including the first EOS, summed."""
+        is_eos = new == self.inputs.eos
+        first = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, torch.full_like(new[:, 0], new.shape[1]))
+        return int(first.sum())
 
 
 def available_providers(device: str = "cpu") -> list[str]:
@@ -166,8 +185,8 @@ def describe(params: dict) -> str:
 
 
 def format_rows(rows: list[dict]) -> str:
-    """Per point: each provider's tokens/s, its ratio to ``hf-generate`` and to ``hf-generate-grouped_mm``, ms per
-    call and peak memory."""
+    """Per point: each provider's tokens/s, its ratio to ``hf-sample-logprobs``, ``hf-generate`` and
+    ``hf-generate-grouped_mm``, ms per call and peak memory."""
     by: dict[tuple, dict] = {}
     for r in rows:
         by.setdefault((r["mode"], r["x_value"]), {}).setdefault(r["provider"], {})[r["metric"]] = r
@@ -175,9 +194,9 @@ def format_rows(rows: list[dict]) -> str:
     out = [f"{OP}  {g0.get('config', '')}  |  {g0['device']}  |  commit {g0['commit']}",
            "tok/s = sampled tokens / call wall time, median [p20-p80]; x<name> = tok/s / that provider's "
            "(higher = faster); ms = median per call (one batch); peak = extra peak MiB in a fresh process"]
-    others = ["hf-generate", "hf-generate-grouped_mm"]
-    head = (f"{X_NAME:>6s}  {'provider':24s} {'tok/s':>8s} {'[p20-p80]':>15s} {'xhf':>7s} {'xgrouped':>9s} "
-            f"{'ms':>8s} {'peak MiB':>9s}")
+    others = ["hf-sample-logprobs", "hf-generate", "hf-generate-grouped_mm"]
+    head = (f"{X_NAME:>6s}  {'provider':24s} {'tok/s':>8s} {'[p20-p80]':>15s} {'xhf-lp':>7s} {'xhf':>7s} "
+            f"{'xgrouped':>9s} {'ms':>8s} {'peak MiB':>9s}")
     for (_, x), provs in by.items():
         out += ["", head, "-" * len(head)]
 
@@ -191,7 +210,8 @@ def format_rows(rows: list[dict]) -> str:
                       for o in others]
             peak = med(p, "peak_mem")
             band = f"[{ts['p20']:.0f}-{ts['p80']:.0f}]"
-            out.append(f"{x!s:>6s}  {p:24s} {ts['median']:8.1f} {band:>15s} {ratios[0]:>7s} {ratios[1]:>9s} "
+            out.append(f"{x!s:>6s}  {p:24s} {ts['median']:8.1f} {band:>15s} {ratios[0]:>7s} {ratios[1]:>7s} "
+                       f"{ratios[2]:>9s} "
                        f"{med(p, 'time'):8.1f} {(f'{peak:.1f}' if peak is not None else '-'):>9s}")
     return "\n".join(out) + "\n"
 

@@ -85,6 +85,16 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
+def _adamw(params, **kwargs) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel where it has one for the parameters (CPU or CUDA floating tensors): one pass
+    over each tensor per step instead of the ~10 of the for-loop implementation, which is torch's default on CPU --
+    that default was 43 % of an RL step at 83.6 M parameters (benchmarks.run --op rl_step --vs trl --profile;
+    TRL's GRPOTrainer uses the fused one too).  The update is the same AdamW (up to float rounding)."""
+    params = list(params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.AdamW(params, fused=fused or None, **kwargs)
+
+
 class Trainer:
     """Build everything a :class:`TrainConfig` describes; :meth:`fit` runs (or resumes) the training.
 
@@ -223,9 +233,8 @@ class Trainer:
     def _make_optimizer(self, phase: str):
         c = self.config
         if phase == "sft":
-            return torch.optim.AdamW(self.model.parameters(), lr=c.sft.lr, weight_decay=0.0)
-        return torch.optim.AdamW(self.model.parameters(), lr=c.rl.lr, betas=tuple(c.rl.betas),
-                                 weight_decay=c.rl.weight_decay)
+            return _adamw(self.model.parameters(), lr=c.sft.lr, weight_decay=0.0)
+        return _adamw(self.model.parameters(), lr=c.rl.lr, betas=tuple(c.rl.betas), weight_decay=c.rl.weight_decay)
 
     def _enter_phase(self, phase: str) -> None:
         if phase == self.phase:

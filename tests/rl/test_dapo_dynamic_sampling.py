@@ -19,10 +19,8 @@ from lckernels_rl.train.allocation import PromptPool
 from lckernels_rl.train.config import ConfigError, RLConfig
 from lckernels_rl.train.sources import EpisodeSource, SourceContext
 
+from .tiny import fit_rl_rows, tiny_config
 
-TINY_LONGCAT = dict(hidden_size=32, ffn_hidden_size=64, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8,
-                    qk_rope_head_dim=8, head_dim=8, v_head_dim=8, num_attention_heads=2, num_key_value_heads=2,
-                    n_routed_experts=4, expert_ffn_hidden_size=32)  # as tests/rl/test_trainer.py
 
 
 class FakeTraj:
@@ -205,18 +203,10 @@ def test_trainer_trains_only_groups_with_signal(tmp_path, monkeypatch):
         return real_pack(samples, pad_id)
 
     monkeypatch.setattr(trainer_mod, "pack_samples", spy)
-    cfg = TrainConfig.from_dict({
-        "seed": 0, "model": {"arch": "longcat_flash", "overrides": TINY_LONGCAT},
-        "task": {"env": "arithmetic", "env_args": {"max_value": 9}, "train_size": 32, "eval_size": 0},
-        "sft": {"steps": 0}, "rl": {"steps": 2, "prompts_per_step": 4, "rollouts_per_step": 8, "max_new_tokens": 3,
-                                     "allocator": "dapo_filter", "n_min": 2, "dynamic_sampling_max_rounds": 0},
-        "log": {"output_dir": str(tmp_path / "run"), "checkpoint_every": 0, "eval_every": 0, "progress": False,
-                "plots": False}})
-    tr = Trainer(cfg)
-    try:
-        rows = [r for r in tr.fit() if r["phase"] == "rl"]
-    finally:
-        tr.close()
+    cfg = tiny_config(tmp_path, task={"train_size": 32, "eval_size": 0}, sft={"steps": 0}, log={"eval_every": 0},
+                      rl={"rollouts_per_step": 8, "allocator": "dapo_filter", "n_min": 2,
+                          "dynamic_sampling_max_rounds": 0})
+    rows = fit_rl_rows(cfg)
     rl_packs = [p for p in packed if len(p) == 4]
     assert len(rows) == 2 and len(rl_packs) == 2
     for groups in rl_packs:

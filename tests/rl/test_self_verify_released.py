@@ -214,7 +214,9 @@ def test_trainer_runs_the_extra_verification_update(tmp_path, monkeypatch):
     pytest.importorskip("transformers")
     from lckernels_rl.envs import ArithmeticEnv
     from lckernels_rl.rollout import HFGenerateBackend
-    from lckernels_rl.train import TrainConfig, Trainer
+    from lckernels_rl.train import Trainer
+
+    from .tiny import tiny_config
 
     real = ArithmeticEnv.step
 
@@ -231,18 +233,10 @@ def test_trainer_runs_the_extra_verification_update(tmp_path, monkeypatch):
         return real_gen(self, prompt_ids, counts, **kw)
 
     monkeypatch.setattr(HFGenerateBackend, "generate", spy)
-    tiny = dict(hidden_size=32, ffn_hidden_size=64, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8,
-                qk_rope_head_dim=8, head_dim=8, v_head_dim=8, num_attention_heads=2, num_key_value_heads=2,
-                n_routed_experts=4, expert_ffn_hidden_size=32)  # as tests/rl/test_trainer.py
-    cfg = TrainConfig.from_dict({
-        "seed": 0, "model": {"arch": "longcat_flash", "overrides": tiny},
-        "task": {"env": "arithmetic", "env_args": {"max_value": 9}, "train_size": 32, "eval_size": 0},
-        "sft": {"steps": 0}, "rl": {"steps": 2, "prompts_per_step": 4, "rollouts_per_step": 8, "max_new_tokens": 3,
-                                     "objective": "self_verify",
-                                     "objective_args": {"every": 1, "template": "{question}{response}?"}},
-        "log": {"output_dir": str(tmp_path / "run"), "checkpoint_every": 0, "eval_every": 0, "progress": False,
-                "plots": False}})
-    tr = Trainer(cfg)
+    cfg = tiny_config(tmp_path, task={"train_size": 32, "eval_size": 0}, sft={"steps": 0}, log={"eval_every": 0},
+                      rl={"rollouts_per_step": 8, "objective": "self_verify",
+                          "objective_args": {"every": 1, "template": "{question}{response}?"}})
+    tr = Trainer(cfg)  # the spy decodes with its tokenizer
     try:
         rows = [r for r in tr.fit() if r["phase"] == "rl"]
     finally:
@@ -266,7 +260,9 @@ def test_resume_keeps_the_verification_buffer(tmp_path, monkeypatch):
     import json
 
     from lckernels_rl.envs import ArithmeticEnv
-    from lckernels_rl.train import TrainConfig, Trainer
+    from lckernels_rl.train import Trainer
+
+    from .tiny import tiny_config
 
     real = ArithmeticEnv.step
 
@@ -275,19 +271,11 @@ def test_resume_keeps_the_verification_buffer(tmp_path, monkeypatch):
         return obs, float(len(action) % 2), term, trunc, info
 
     monkeypatch.setattr(ArithmeticEnv, "step", step)
-    tiny = dict(hidden_size=32, ffn_hidden_size=64, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8,
-                qk_rope_head_dim=8, head_dim=8, v_head_dim=8, num_attention_heads=2, num_key_value_heads=2,
-                n_routed_experts=4, expert_ffn_hidden_size=32)
-
     def cfg(name):
-        return TrainConfig.from_dict({
-            "seed": 0, "model": {"arch": "longcat_flash", "overrides": tiny},
-            "task": {"env": "arithmetic", "env_args": {"max_value": 9}, "train_size": 32, "eval_size": 0},
-            "sft": {"steps": 0}, "rl": {"steps": 4, "prompts_per_step": 4, "rollouts_per_step": 8,
-                                         "max_new_tokens": 3, "objective": "self_verify",
-                                         "objective_args": {"every": 3, "template": "{question}{response}?"}},
-            "log": {"output_dir": str(tmp_path / name), "checkpoint_every": 2, "eval_every": 0, "progress": False,
-                    "plots": False}})
+        return tiny_config(tmp_path, task={"train_size": 32, "eval_size": 0}, sft={"steps": 0},
+                           rl={"steps": 4, "rollouts_per_step": 8, "objective": "self_verify",
+                               "objective_args": {"every": 3, "template": "{question}{response}?"}},
+                           log={"output_dir": str(tmp_path / name), "checkpoint_every": 2, "eval_every": 0})
 
     def lines(name):
         rows = [json.loads(ln) for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]

@@ -22,32 +22,9 @@ from lckernels_rl.train import ConfigError, TrainConfig, Trainer, load_config  #
 from lckernels_rl.train.cli import main, summarize  # noqa: E402
 from lckernels_rl.train.plots import PANELS  # noqa: E402
 
-TINY_LONGCAT = dict(hidden_size=32, ffn_hidden_size=64, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8,
-                    qk_rope_head_dim=8, head_dim=8, v_head_dim=8, num_attention_heads=2, num_key_value_heads=2,
-                    n_routed_experts=4, expert_ffn_hidden_size=32)
-TINY = {"qwen3_moe": dict(hidden_size=32, head_dim=16, num_attention_heads=2, num_key_value_heads=1,
-                          intermediate_size=64, moe_intermediate_size=32, num_experts=4),
-        "qwen3": dict(hidden_size=32, head_dim=16, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64),
-        "longcat_flash": TINY_LONGCAT}
+from .tiny import TINY, TINY_LONGCAT, tiny_config  # noqa: E402,F401
+
 TIMING = {"time_s", "time_rollout_s", "tokens_per_s"}
-
-
-def tiny_config(tmp_path, **sections) -> TrainConfig:
-    data = {
-        "seed": 0,
-        "model": {"arch": "longcat_flash", "overrides": TINY_LONGCAT},
-        "task": {"env": "arithmetic", "env_args": {"max_value": 9}, "train_size": 64, "eval_size": 8},
-        "sft": {"steps": 2, "batch_size": 8},
-        "rl": {"steps": 2, "prompts_per_step": 4, "rollouts_per_step": 16, "max_new_tokens": 3},
-        "log": {"output_dir": str(tmp_path / "run"), "checkpoint_every": 0, "eval_every": 2, "progress": False,
-                "plots": False},
-    }
-    for name, fields in sections.items():
-        if isinstance(fields, dict) and isinstance(data.get(name), dict):
-            data[name] = {**data[name], **fields}
-        else:
-            data[name] = fields
-    return TrainConfig.from_dict(data)
 
 
 # ----------------------------------------------------------------------------------------------- config errors
@@ -109,7 +86,7 @@ def test_arithmetic_env_exact_match_and_seeding():
         ArithmeticEnv(min_value=5, max_value=2)
     with pytest.raises(TypeError, match="action"):
         env.step(5)
-    with pytest.raises(ValueError, match="available: arithmetic"):
+    with pytest.raises(ValueError, match="available: .*arithmetic, .*kv_lookup"):
         make_env("maze")
 
 
@@ -206,9 +183,11 @@ def mixed_rewards(monkeypatch):
 
 def learning_config(tmp_path, objective, **rl):
     """A fixed tiny task on which RL must visibly learn in a few seconds: no warm-up, 8 prompts, 4 per step x 16
-    rollouts of <= 3 tokens, one update per step at a high lr (the random-init policy is far from the optimum)."""
+    rollouts of <= 3 tokens, one update per step at a high lr (the random-init policy is far from the optimum), ten
+    steps (six were enough for one random stream and not for another: dapo's late reward over seeds 0-5 was
+    0.63-1.0 after six steps, 0.96-1.0 after ten)."""
     return tiny_config(tmp_path, sft={"steps": 0}, task={"train_size": 8, "eval_size": 0},
-                       rl={"objective": objective, "steps": 6, "prompts_per_step": 4, "rollouts_per_step": 64,
+                       rl={"objective": objective, "steps": 10, "prompts_per_step": 4, "rollouts_per_step": 64,
                            "lr": 0.1, **rl},
                        log={"output_dir": str(tmp_path / "run"), "checkpoint_every": 0, "eval_every": 0,
                             "progress": False, "plots": False})
@@ -222,8 +201,8 @@ LEARNS_FROM_REWARD = [o for o in list_objectives() if o != "aopd"]
 @pytest.mark.parametrize("objective", list_objectives())
 def test_every_objective_trains_through_the_trainer(tmp_path, objective, mixed_rewards):
     """Wiring: two reused updates per step, a finite loss, both gradient groups nonzero.  Learning: with the
-    odd-length reward (``mixed_rewards``) the random-init policy starts at a mean reward near 0.5; six seeded steps
-    of every reward-driven objective take it to >= 0.85 (measured 0.97-1.0).  A zero learning rate stays near 0.5
+    odd-length reward (``mixed_rewards``) the random-init policy starts at a mean reward near 0.5; ten seeded steps
+    of every reward-driven objective take it to >= 0.85 (measured 0.96-1.0).  A zero learning rate stays near 0.5
     and a flipped advantage sign drives it towards 0, so both fail here."""
     args = {"kl_beta": 0.01} if objective == "grpo" else {}
     rows = _run(tiny_config(tmp_path / "wiring", rl={"objective": objective, "objective_args": args, "reuse": 2}))
@@ -237,7 +216,7 @@ def test_every_objective_trains_through_the_trainer(tmp_path, objective, mixed_r
     if objective not in LEARNS_FROM_REWARD:
         return
     rewards = [r["reward_mean"] for r in _run(learning_config(tmp_path / "learn", objective)) if r["phase"] == "rl"]
-    assert len(rewards) == 6 and 0.3 <= rewards[0] <= 0.7, rewards          # the starting point is not learned
+    assert len(rewards) == 10 and 0.3 <= rewards[0] <= 0.7, rewards          # the starting point is not learned
     late = (rewards[-1] + rewards[-2]) / 2
     assert late >= 0.85 and late >= rewards[0] + 0.25, f"{objective} did not learn: {rewards}"
 
