@@ -383,6 +383,7 @@ class Trainer:
             loss, metrics, lp = self._loss(hidden, targets, adv, state["old"], mask, rollout_lp, ref_lp, extra)
             loss.backward()
             norms = self._grad_norms()
+            state["norms"] = norms
             g_trace.append(norms["grad_norm_lm_head"])
             if k == 1:
                 state["old"] = lp
@@ -396,8 +397,15 @@ class Trainer:
             return loss, norms["grad_norm_lm_head"] ** 2, metrics
 
         def clip():
+            # clip_grad_norm_'s rule from the norms step_fn measured on these very gradients (the gate either lets
+            # them through untouched or clears them and skips this): one pass over the gradients fewer
             if c.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+                n = state["norms"]
+                total = math.sqrt(n["grad_norm_lm_head"] ** 2 + n["grad_norm_rest"] ** 2)
+                coef = min(c.grad_clip / (total + 1e-6), 1.0) if math.isfinite(total) else float("nan")
+                if coef != 1.0:
+                    grads = [q.grad for q in self.model.parameters() if q.grad is not None]
+                    torch._foreach_mul_(grads, coef)
 
         report = reuse_rollout_batch(step_fn, self.gate, self.optimizer, max_reuse=c.reuse, params=self.model,
                                      pre_step=clip)

@@ -560,3 +560,25 @@ def test_the_loss_scores_tokens_at_the_sampling_temperature(tmp_path):
     assert Trainer(tiny_config(tmp_path / "a", rl={"temperature": 0.7})).objective.temperature == 0.7
     cfg = tiny_config(tmp_path / "b", rl={"temperature": 0.7, "objective_args": {"temperature": 1.0}})
     assert Trainer(cfg).objective.temperature == 1.0
+
+
+@pytest.mark.parametrize("clip", [1e-3, 1e9])
+def test_grad_clip_scales_the_gradients_the_optimizer_steps_with(tmp_path, clip, mixed_rewards, monkeypatch):
+    """``rl.grad_clip``: the gradients AdamW steps with have total L2 norm min(clip, unclipped norm), the norm
+    recomputed here in fp64 over every parameter; the unclipped norm is sqrt(lm_head^2 + rest^2) of the logged
+    norms (measured before clipping)."""
+    seen = []
+    real = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        g = [p.grad.double().pow(2).sum() for grp in self.param_groups for p in grp["params"] if p.grad is not None]
+        seen.append(float(torch.stack(g).sum().sqrt()))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    rows = [r for r in _run(tiny_config(tmp_path, sft={"steps": 0}, rl={"steps": 1, "grad_clip": clip}))
+            if r["phase"] == "rl"]
+    assert len(rows) == 1 and len(seen) == 1
+    raw = math.hypot(rows[0]["grad_norm_lm_head"], rows[0]["grad_norm_rest"])
+    assert raw > 1e-2
+    assert seen[0] == pytest.approx(min(clip, raw), rel=1e-4)
