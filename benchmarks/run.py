@@ -30,6 +30,7 @@ OPS: dict[str, str] = {
     "grad_norms": "benchmarks.ops.grad_norms",
     "rl_step": "benchmarks.ops.rl_step",
     "generate": "benchmarks.ops.generate",
+    "rollout_driver": "benchmarks.ops.rollout_driver",
 }
 
 BENCH_DIR = Path(__file__).resolve().parent

@@ -32,6 +32,8 @@ _REGISTRY: dict[str, object] = {
     "autorefine": ".search.autorefine:AutoRefineEnv",
     "skill1": ".skills.skill1:Skill1Env",
     "skill0": ".skills.skill0:Skill0Env",
+    "hipif_rooms": ".long_horizon.rooms:RoomsEnv",
+    "duca_sales": ".long_horizon.sales:SalesEnv",
 }
 
 

@@ -1,7 +1,10 @@
-"""Rollout engines: HF ``generate`` (default) and vLLM (the ``vllm`` extra)."""
+"""Rollout engines (HF ``generate``, the default, and vLLM, the ``vllm`` extra) and the rollout driver (sync or
+async with a staleness bound; local threads or Ray executors)."""
 
 from .base import RolloutBackend, Rollouts, check_generate_args
 from .hf import HFGenerateBackend
+from .driver import BatchingEngine, Domain, DoraScheduler, RolloutDriver, capacity_allows
+from .executors import LocalExecutor, RayExecutor, make_executor
 
 BACKENDS = ("hf", "vllm")
 
@@ -18,4 +21,6 @@ def make_backend(name: str, model, tokenizer, **kwargs) -> RolloutBackend:
     raise ValueError(f"unknown rollout backend {name!r}; available: {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "RolloutBackend", "Rollouts", "HFGenerateBackend", "check_generate_args", "make_backend"]
+__all__ = ["BACKENDS", "RolloutBackend", "Rollouts", "HFGenerateBackend", "check_generate_args", "make_backend",
+           "RolloutDriver", "BatchingEngine", "Domain", "DoraScheduler", "capacity_allows", "LocalExecutor", "RayExecutor",
+           "make_executor"]

@@ -129,9 +129,26 @@ class RLConfig:
 
 @dataclass
 class RolloutConfig:
-    """The rollout engine: ``hf`` (``generate`` on the training model) or ``vllm`` (the ``vllm`` extra)."""
+    """The rollout engine: ``hf`` (``generate`` on the training model) or ``vllm`` (the ``vllm`` extra).
+
+    ``mode``: ``sync`` (a step waits for its episodes) or ``async`` (DORA-style, :mod:`lckernels_rl.rollout.driver`;
+    uniform allocation of ``rollouts_per_step // prompts_per_step`` episodes per group); ``executor``: ``local``
+    (threads) or ``ray`` (the ``ray`` extra); ``max_staleness``: the admission bound in weight updates;
+    ``max_inflight``: groups running at once (``null``: ``(max_staleness + 1) * prompts_per_step``);
+    ``mask_stale_tokens``: train no token sampled more than ``max_staleness`` versions before the update;
+    ``env_timeout_s``: timeout of every environment call (``null``: none; required by ``ray``);
+    ``num_workers``: Ray environment actors; ``max_copies``: DORA's duplication of hard tasks (1: off).
+    """
     backend: str = "hf"
     args: dict = field(default_factory=dict)
+    mode: str = "sync"
+    executor: str = "local"
+    max_staleness: int = 1
+    max_inflight: Optional[int] = None
+    mask_stale_tokens: bool = False
+    env_timeout_s: Optional[float] = None
+    num_workers: int = 4
+    max_copies: int = 1
 
 
 @dataclass
@@ -268,6 +285,17 @@ def validate(cfg: TrainConfig) -> None:
     _choice("rl.dynamic_sampling", cfg.rl.dynamic_sampling, ("auto", "filter", "off"))
     _choice("rl.dynamic_sampling_on_cap", cfg.rl.dynamic_sampling_on_cap, ("error", "train"))
     _choice("rollout.backend", cfg.rollout.backend, ROLLOUT_BACKENDS)
+    from .allocation import dynamic_sampling_on
+
+    _choice("rollout.mode", cfg.rollout.mode, ("sync", "async"))
+    _choice("rollout.executor", cfg.rollout.executor, ("local", "ray"))
+    if cfg.rollout.mode == "async" and (cfg.rl.allocator != "uniform" or dynamic_sampling_on(cfg.rl)):
+        raise ConfigError("rollout.mode=async runs fixed-size groups: it needs rl.allocator=uniform and dynamic "
+                          f"sampling off (got allocator={cfg.rl.allocator!r})")
+    if cfg.rollout.executor == "ray" and cfg.rollout.mode != "async":
+        raise ConfigError("rollout.executor=ray needs rollout.mode=async")
+    if cfg.rollout.max_inflight is not None:
+        _positive("rollout.max_inflight", cfg.rollout.max_inflight)
     for path, v, zero in (("task.train_size", cfg.task.train_size, False), ("task.eval_size", cfg.task.eval_size, True),
                           ("sft.steps", cfg.sft.steps, True), ("sft.batch_size", cfg.sft.batch_size, False),
                           ("sft.lr", cfg.sft.lr, False), ("rl.steps", cfg.rl.steps, True),
@@ -282,7 +310,10 @@ def validate(cfg: TrainConfig) -> None:
                           ("agent.max_context_tokens", cfg.agent.max_context_tokens, True),
                           ("agent.max_tool_output_tokens", cfg.agent.max_tool_output_tokens, False),
                           ("log.eval_every", cfg.log.eval_every, True),
-                          ("rl.dynamic_sampling_max_rounds", cfg.rl.dynamic_sampling_max_rounds, True)):
+                          ("rl.dynamic_sampling_max_rounds", cfg.rl.dynamic_sampling_max_rounds, True),
+                          ("rollout.max_staleness", cfg.rollout.max_staleness, True),
+                          ("rollout.num_workers", cfg.rollout.num_workers, False),
+                          ("rollout.max_copies", cfg.rollout.max_copies, False)):
         _positive(path, v, zero)
     gen = cfg.rl.dynamic_sampling_gen_prompts
     if gen is not None:

@@ -153,8 +153,13 @@ class Trainer:
 
             self.gate = DynamicGradientGate(**cfg.rl.dgg)
         self.teacher = None  # frozen post-warm-up policy: the teacher / the KL reference an objective asks for
-        self.source = self.objective.wrap_source(
-            EpisodeSource(self.make_env, self.pool, SourceContext(cfg.rl, self.rng, self._run_sampling)))
+        base = EpisodeSource(self.make_env, self.pool, SourceContext(cfg.rl, self.rng, self._run_sampling))
+        self.source = self.objective.wrap_source(base)
+        self.driver = None  # rollout.mode=async: the RolloutDriver (also self.source)
+        if cfg.rollout.mode == "async":
+            if self.source is not base:
+                raise ConfigError(f"rollout.mode=async: objective {cfg.rl.objective!r} brings its own rollout source")
+            self.source = self.driver = self._async_driver()
         self.step = 0
         self.optimizer = None
         self.phase = None
@@ -220,6 +225,31 @@ class Trainer:
         return AgentLoop(engine, self.renderer, self.parser, self.budget, temperature=temperature,
                          tools_in_prompt=self.config.agent.tools_in_prompt)
 
+    def _async_driver(self):
+        """The asynchronous :class:`~lckernels_rl.rollout.driver.RolloutDriver` over the task pool (its episodes run
+        the agent loop on the shared engine, ``self.engine``, built at the RL phase)."""
+        import functools
+
+        from lckernels_rl.rollout import Domain, DoraScheduler, RolloutDriver, make_executor
+
+        cfg, r = self.config, self.config.rollout
+        groups, size = cfg.rl.prompts_per_step, max(cfg.rl.rollouts_per_step // cfg.rl.prompts_per_step, 1)
+        inflight = r.max_inflight or (r.max_staleness + 1) * groups
+        kw = {"num_workers": r.num_workers} if r.executor == "ray" else {"max_workers": inflight * size}
+        executor = make_executor(r.executor, env_timeout_s=r.env_timeout_s, **kw)
+        make_env = functools.partial(make_tool_env, cfg.task.env, **cfg.task.env_args)  # picklable (Ray)
+        return RolloutDriver("async", domains=[Domain(cfg.task.env, make_env, self.pool)],
+                             run_episode=lambda env, seed: self._loop(self.engine, cfg.rl.temperature).run(env, None,
+                                                                                                           seed),
+                             rng=self.rng, batch_groups=groups, group_size=size, max_staleness=r.max_staleness,
+                             max_inflight=inflight, executor=executor, scheduler=DoraScheduler(r.max_copies))
+
+    def _weight_sync(self):
+        """async: pause admission and generation while the weights change (a no-op context in sync mode)."""
+        import contextlib
+
+        return self.driver.weight_sync() if self.driver is not None else contextlib.nullcontext()
+
     def _run_sampling(self, episodes) -> list:
         return self._loop(self.engine, self.config.rl.temperature).run_batch(episodes)
 
@@ -247,6 +277,10 @@ class Trainer:
                 backend = make_backend(self.config.rollout.backend, self.model, self.tokenizer,
                                        **self.config.rollout.args)
                 self.engine = BackendEngine(backend, stop_token_ids=self.renderer.stop_token_ids)
+                if self.driver is not None:  # episode threads share it: batched, with a weights lock
+                    from lckernels_rl.rollout import BatchingEngine
+
+                    self.engine = self.driver.engine = BatchingEngine(self.engine)
             self.engine.sync_weights(self.model)
 
     def _make_teacher(self) -> None:
@@ -282,7 +316,11 @@ class Trainer:
         c = self.config.sft
         idx = self.rng.choice(self.pool.size, size=min(c.batch_size, self.pool.size), replace=False)
         trajs = self.demonstrations([self.pool.seed(i) for i in idx])
-        batch = pack_samples([t.to_sample() for t in trajs], self.pad_id)
+        # every branch of a forked demonstration (a context rewrite) is a sample of its own, not only the last one
+        samples = [s for t in trajs for s in t.to_samples() if s.num_sampled]
+        if not samples:  # e.g. every prompt already fills the context: nothing to imitate, said in the log
+            return {"loss": 0.0, "tokens": 0, "skipped": "no demonstrated tokens (do the prompts fit the context?)"}
+        batch = pack_samples(samples, self.pad_id)
         self.optimizer.zero_grad(set_to_none=True)
         hidden = batch.hidden(self.model)
         targets = batch.targets.masked_fill(~batch.mask, -100)
@@ -368,6 +406,8 @@ class Trainer:
                     "skipped": "no trainable samples", **groups.metrics}
         batch = pack_samples(groups.samples, self.pad_id)
         targets, mask = batch.targets, batch.mask
+        if self.config.rollout.mask_stale_tokens:  # tokens sampled more than max_staleness versions ago: not trained
+            mask = mask & (batch.token_versions >= self.engine.version - self.config.rollout.max_staleness)
         extra = self.objective.batch_inputs(batch, self._context())
         adv = extra.pop("advantages") if "advantages" in extra else \
             self.advantage_fn(batch.rewards, batch.group_index).float()
@@ -407,9 +447,10 @@ class Trainer:
                     grads = [q.grad for q in self.model.parameters() if q.grad is not None]
                     torch._foreach_mul_(grads, coef)
 
-        report = reuse_rollout_batch(step_fn, self.gate, self.optimizer, max_reuse=c.reuse, params=self.model,
-                                     pre_step=clip)
-        self.engine.sync_weights(self.model)
+        with self._weight_sync():
+            report = reuse_rollout_batch(step_fn, self.gate, self.optimizer, max_reuse=c.reuse, params=self.model,
+                                         pre_step=clip)
+            self.engine.sync_weights(self.model)
         dt = time.perf_counter() - t0
         rewards = batch.rewards.double().numpy()
         n_tok = batch.num_tokens
@@ -440,7 +481,8 @@ class Trainer:
         backend = HFGenerateBackend(self.model, eos_token_id=self.eos_id, pad_token_id=self.pad_id, greedy=True)
         engine = BackendEngine(backend, stop_token_ids=self.renderer.stop_token_ids)
         eps = [Episode(self.make_eval_env(), None, self.eval_pool.seed(i)) for i in range(self.eval_pool.size)]
-        trajs = self._loop(engine).run_batch(eps)
+        with self._weight_sync():  # async: no background turn generates on the model meanwhile
+            trajs = self._loop(engine).run_batch(eps)
         acc = float(np.mean([t.reward for t in trajs]))
         names = sorted({k for t in trajs for k in t.components})
         self.eval_components = {k: float(np.mean([t.components[k] for t in trajs if k in t.components]))
@@ -546,6 +588,8 @@ class Trainer:
         return m
 
     def close(self) -> None:
+        if self.driver is not None:
+            self.driver.close()
         if self.engine is not None:
             self.engine.close()
 

@@ -582,3 +582,33 @@ def test_grad_clip_scales_the_gradients_the_optimizer_steps_with(tmp_path, clip,
     raw = math.hypot(rows[0]["grad_norm_lm_head"], rows[0]["grad_norm_rest"])
     assert raw > 1e-2
     assert seen[0] == pytest.approx(min(clip, raw), rel=1e-4)
+
+
+def test_warm_up_trains_every_branch_of_a_forked_demonstration(tmp_path, monkeypatch):
+    """amemgym rewrites the context every turn (the trajectory forks): a scripted episode of its tiny config is 8
+    branches (4 memory writes + 4 answers, tests/rl/test_amemgym.py), and the warm-up must train all of them, not
+    only the last branch of each episode."""
+    import lckernels_rl.train.trainer as trainer_mod
+    from lckernels_rl.train import load_config
+
+    packed = []
+    real = trainer_mod.pack_samples
+
+    def spy(samples, pad_id):
+        packed.append(samples)
+        return real(samples, pad_id)
+
+    monkeypatch.setattr(trainer_mod, "pack_samples", spy)
+    cfg = load_config("amemgym", [f"log.output_dir={tmp_path / 'run'}", "log.progress=false", "log.plots=false",
+                                  "log.checkpoint_every=0", "log.eval_every=0", f"model.overrides={TINY_LONGCAT}",
+                                  "model.vocab_size=null", "task.train_size=8", "task.eval_size=0", "sft.steps=1",
+                                  "sft.batch_size=2", "rl.steps=0"])
+    tr = Trainer(cfg)
+    try:
+        trajs = tr.demonstrations([tr.pool.seed(i) for i in range(2)])
+        branches = sum(len(t.to_samples()) for t in trajs)
+        assert branches > 2  # the demonstrations do fork
+        tr.fit()
+    finally:
+        tr.close()
+    assert len(packed) == 1 and len(packed[0]) > 2 and len({s.group_id for s in packed[0]}) <= 2
