@@ -144,17 +144,11 @@ def test_bad_arguments():
 
 def test_config_smoke(tmp_path):
     pytest.importorskip("transformers")
-    from lckernels_rl.train import load_config
-
-    from .tiny import TINY_LONGCAT, fit_rl_rows
+    from .tiny import TINY_LONGCAT, bundled_smoke_config, fit_rl_rows
 
     TINY = {**TINY_LONGCAT, "max_position_embeddings": 512}
 
-    cfg = load_config("autorefine", [f"log.output_dir={tmp_path / 'run'}", "log.progress=false", "log.plots=false",
-                                     "log.checkpoint_every=0", "log.eval_every=2", f"model.overrides={TINY}",
-                                     "model.vocab_size=null", "task.train_size=8", "task.eval_size=2", "sft.steps=1",
-                                     "sft.batch_size=2", "rl.steps=2", "rl.prompts_per_step=2",
-                                     "rl.rollouts_per_step=4", "rl.max_new_tokens=8"])
+    cfg = bundled_smoke_config("autorefine", tmp_path, "rl.max_new_tokens=8", model=TINY)
     rows = fit_rl_rows(cfg)
     assert [r["step"] for r in rows] == [2, 3]
     assert "eval_refine_hit" in rows[-1] and "eval_answer_em" in rows[-1]

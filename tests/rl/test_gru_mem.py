@@ -155,16 +155,10 @@ def test_demonstrations_through_the_loop(policy, read_all):
 
 
 def test_config_smoke(tmp_path):
-    from lckernels_rl.train import load_config
+    from .tiny import bundled_smoke_config, fit_rl_rows
 
-    from .tiny import TINY_LONGCAT, fit_rl_rows
-
-    cfg = load_config("gru_mem", [f"log.output_dir={tmp_path / 'run'}", "log.progress=false", "log.plots=false",
-                                  "log.checkpoint_every=0", "log.eval_every=2", f"model.overrides={TINY_LONGCAT}",
-                                  "model.vocab_size=null", "task.train_size=8", "task.eval_size=2",
-                                  "task.env_args={min_chunks: 32, max_chunks: 32, words_per_chunk: 2}",
-                                  "sft.steps=1", "sft.batch_size=2", "rl.steps=2", "rl.prompts_per_step=2",
-                                  "rl.rollouts_per_step=4"])
+    cfg = bundled_smoke_config("gru_mem", tmp_path,
+                               "task.env_args={min_chunks: 32, max_chunks: 32, words_per_chunk: 2}")
     rows = fit_rl_rows(cfg)
     assert [r["step"] for r in rows] == [2, 3]
     assert "eval_accuracy" in rows[-1] and "eval_chunks_read" in rows[-1]

@@ -589,7 +589,8 @@ def test_warm_up_trains_every_branch_of_a_forked_demonstration(tmp_path, monkeyp
     branches (4 memory writes + 4 answers, tests/rl/test_amemgym.py), and the warm-up must train all of them, not
     only the last branch of each episode."""
     import lckernels_rl.train.trainer as trainer_mod
-    from lckernels_rl.train import load_config
+
+    from .tiny import bundled_smoke_config
 
     packed = []
     real = trainer_mod.pack_samples
@@ -599,10 +600,7 @@ def test_warm_up_trains_every_branch_of_a_forked_demonstration(tmp_path, monkeyp
         return real(samples, pad_id)
 
     monkeypatch.setattr(trainer_mod, "pack_samples", spy)
-    cfg = load_config("amemgym", [f"log.output_dir={tmp_path / 'run'}", "log.progress=false", "log.plots=false",
-                                  "log.checkpoint_every=0", "log.eval_every=0", f"model.overrides={TINY_LONGCAT}",
-                                  "model.vocab_size=null", "task.train_size=8", "task.eval_size=0", "sft.steps=1",
-                                  "sft.batch_size=2", "rl.steps=0"])
+    cfg = bundled_smoke_config("amemgym", tmp_path, "log.eval_every=0", "task.eval_size=0", "rl.steps=0")
     tr = Trainer(cfg)
     try:
         trajs = tr.demonstrations([tr.pool.seed(i) for i in range(2)])

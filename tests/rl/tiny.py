@@ -40,3 +40,17 @@ def fit_rl_rows(cfg: TrainConfig, **fit_kwargs) -> list[dict]:
         return [r for r in tr.fit(**fit_kwargs) if r["phase"] == "rl"]
     finally:
         tr.close()
+
+
+def bundled_smoke_config(name: str, tmp_path, *overrides: str, model: dict | None = None) -> TrainConfig:
+    """The bundled config ``name`` shrunk for a smoke run: the tiny policy (``model`` overrides, default
+    :data:`TINY_LONGCAT`), 8 training / 2 evaluation tasks, one warm-up step of 2, two RL steps of 2 prompts x 4
+    rollouts, evaluation every 2 steps, quiet logging under ``tmp_path/run``; ``overrides`` (``key=value``, applied
+    after these, so they win) adjust it."""
+    from lckernels_rl.train import load_config
+
+    base = [f"log.output_dir={tmp_path / 'run'}", "log.progress=false", "log.plots=false", "log.checkpoint_every=0",
+            "log.eval_every=2", f"model.overrides={model or TINY_LONGCAT}", "model.vocab_size=null",
+            "task.train_size=8", "task.eval_size=2", "sft.steps=1", "sft.batch_size=2", "rl.steps=2",
+            "rl.prompts_per_step=2", "rl.rollouts_per_step=4"]
+    return load_config(name, base + list(overrides))

@@ -66,6 +66,7 @@ import numpy as np
 from lckernels_rl.agents.types import Message
 
 from ..tool_env import StepResult, ToolEnv, Verdict
+from ._scripted import scripted_texts
 
 __all__ = ["AMemGymEnv", "VARIABLES"]
 
@@ -371,23 +372,8 @@ class AMemGymEnv(ToolEnv):
             return f"<memory> {mem}</memory>" if mem else "<memory></memory>"  # leading space: tokens as in prompts
         return f"<answer>{self.golden_index(p, self.task['schedule'][p][self.ask])}</answer>"
 
-    def scripted_texts(self, seed: int) -> list[str]:
-        """Every context and demonstrated turn of the scripted episode of ``seed``."""
-        msgs, _ = self.reset(seed=seed)
-        out = [msgs[0].content]
-        for _ in range(10_000):
-            demo = self.demonstration()
-            if demo is None:
-                break
-            out.append(demo)
-            res = self.step(Message("assistant", demo))
-            out += [m.content for m in (res.rewrite or [])]
-            if res.terminated:
-                break
-        return out
-
     def tokenizer_corpus(self, n: int = 16) -> list[str]:
-        out = [t for s in range(n) for t in self.scripted_texts(10**7 + s)]
+        out = [t for s in range(n) for t in scripted_texts(self, 10**7 + s)]
         out += [f"<memory> {v} {x}</memory>" for v, xs in VARIABLES.items() for x in xs]
         out += [" ".join(_FILLER), "mem: -", "<answer>1</answer> <answer>2</answer> <answer>3</answer> "
                                              "<answer>4</answer>"]

@@ -48,6 +48,7 @@ import numpy as np
 from lckernels_rl.agents.types import Message
 
 from ..tool_env import StepResult, ToolEnv, Verdict
+from ._scripted import scripted_texts
 
 __all__ = ["GRUMemEnv", "parse_gate_turn", "exit_reward", "update_reward"]
 
@@ -318,22 +319,8 @@ class GRUMemEnv(ToolEnv):
         return (f"<update>{'y' if ev else 'n'}</update><memory>{mem if ev else ''}</memory>"
                 f"<exit>{'y' if done else 'n'}</exit>")
 
-    def scripted_texts(self, seed: int) -> list[str]:
-        msgs, _ = self.reset(seed=seed)
-        out = [msgs[0].content]
-        while True:
-            demo = self.demonstration()
-            if demo is None:
-                break
-            out.append(demo)
-            res = self.step(Message("assistant", demo))
-            out += [m.content for m in (res.rewrite or [])]
-            if res.terminated:
-                break
-        return out
-
     def tokenizer_corpus(self, n: int = 8) -> list[str]:
-        out = [t for s in range(n) for t in self.scripted_texts(10**7 + s)]
+        out = [t for s in range(n) for t in scripted_texts(self, 10**7 + s)]
         out += [" ".join(_WORDS), " ".join(str(v) for v in range(self.max_value + 1)),
                 "<update>y</update><memory></memory><exit>y</exit> <update>n</update><exit>n</exit>"]
         self.task = {}
