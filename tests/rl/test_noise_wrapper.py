@@ -15,7 +15,7 @@ from lckernels_rl.envs.tool_domains import EpisodeCounter, NoiseCurriculum, Nois
 from lckernels_rl.envs.tool_domains.noise import (FAILURE_ERRORS, erroneous, failure, get_curriculum, incomplete,
                                                   is_noisy_occurrence, redundant)
 
-from .test_tool_domains import GOLD_WRITE, _play, _task
+from .test_tool_domains import GOLD_WRITE, _play, _solve, _task
 
 P = get_parser("compact")
 
@@ -96,18 +96,6 @@ def test_user_ambiguity_self_correction_and_topic_shift():
     assert env.verify().reward == 1.0
 
 
-def _solve(env, seed, max_turns=16):
-    msgs, info = env.reset(seed=seed)
-    convo = list(msgs)
-    for i in range(max_turns):
-        text = env.demonstration(convo)
-        turn = Message("assistant", text, tool_calls=P.parse(text, turn=i).calls)
-        convo.append(turn)
-        res = env.step(turn)
-        convo += res.messages
-        if res.terminated:
-            break
-    return env.verify(), info, convo
 
 
 @pytest.mark.parametrize("level,procedural", [(1.0, False), (0.5, False), (1.0, True)])

@@ -58,6 +58,21 @@ def _play(env, texts, task=None, seed=None):
 GOLD_WRITE = ["@find_customer(name=ana)", "@find_order(customer=c1)", "@set_order_eta(order=o1, value=pm)", "done"]
 
 
+def _solve(env, seed, max_turns=16):
+    """The scripted demonstrations played from reset(seed) until the episode ends: (verdict, info, conversation)."""
+    msgs, info = env.reset(seed=seed)
+    convo = list(msgs)
+    for i in range(max_turns):
+        text = env.demonstration(convo)
+        turn = Message("assistant", text, tool_calls=P.parse(text, turn=i).calls)
+        convo.append(turn)
+        res = env.step(turn)
+        convo += res.messages
+        if res.terminated:
+            break
+    return env.verify(), info, convo
+
+
 def test_gold_replay_scores_one_and_messages_are_compact():
     env = ToolDomainEnv()
     convo = _play(env, GOLD_WRITE, task=_task())
@@ -236,16 +251,7 @@ def test_generation_is_deterministic_per_seed():
 def test_scripted_demonstrations_solve_generated_tasks(procedural):
     env = ToolDomainEnv(domains="all", procedural=procedural)
     for s in range(36):
-        msgs, _ = env.reset(seed=s)
-        convo = list(msgs)
-        for i in range(10):
-            text = env.demonstration(convo)
-            turn = Message("assistant", text, tool_calls=P.parse(text, turn=i).calls)
-            convo.append(turn)
-            res = env.step(turn)
-            convo += res.messages
-            if res.terminated:
-                break
+        _, _, convo = _solve(env, s, max_turns=10)
         assert env.verify().reward == 1.0, (s, [m.content for m in convo])
         assert env.state_digest() == env.task.goal_digest
 
