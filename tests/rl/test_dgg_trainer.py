@@ -212,7 +212,9 @@ def test_no_lm_head_gradient_surge_precedes_the_kl_explosion(fast_runs):
     "0.116); seed 2: the gated KL explodes too (1.20 at step 27; ungated 2.89 at step 25). Over seeds 0-7 the gated "
     "run ends higher on 4/8 (mean reward 0.074 vs 0.075) and the claim holds on 2/8; at RL lr 2e-3 the gated reward "
     "is higher on 8/8 (0.141 vs 0.093) but the ungated KL explodes on only 5/8 and the gated one still on 2/8 (claim "
-    "3/8); on the default model the claim holds on 0/8 (docs/dgg_demo.md). Strict: an XPASS flags a setup that "
+    "3/8); on the default model the claim holds on 0/8 (docs/dgg_demo.md); these per-seed "
+    "figures predate issue 17's sampler and fused AdamW, which changed the random stream (now seed 1's gated policy "
+    "collapses). Strict: an XPASS flags a setup that "
     "demonstrates the claim."))
 def test_demo_gate_fires_before_the_kl_explodes_and_ends_with_higher_reward(fast_runs):
     """The issue's claim, asserted for every seed of the demonstration."""
