@@ -74,6 +74,10 @@ class TrainSample:
         stop_reason: one of :data:`STOP_REASONS`.
         num_turns: assistant turns in this branch.
         meta: anything else (task id, seed, metrics of the episode).
+        token_turn: per token, the episode's assistant-turn index of a sampled token (``-1`` elsewhere); ``None``
+            when unknown (a sample built by hand).  Per-turn estimators (``hian``) need it.
+        turn_rewards: the environment's step rewards summed per assistant turn ``0..K-1`` (K = the last sampled
+            turn + 1 of this branch; 0.0 for a turn without one).
     """
 
     input_ids: list[int]
@@ -88,11 +92,13 @@ class TrainSample:
     stop_reason: str = "env_done"
     num_turns: int = 0
     meta: dict = field(default_factory=dict)
+    token_turn: Optional[list[int]] = None
+    turn_rewards: list[float] = field(default_factory=list)
 
     def __post_init__(self):
         n = len(self.input_ids)
-        for name in ("loss_mask", "rollout_logprobs", "token_versions"):
-            if len(getattr(self, name)) != n:
+        for name in ("loss_mask", "rollout_logprobs", "token_versions", "token_turn"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != n:
                 raise ValueError(f"TrainSample: `{name}` has {len(getattr(self, name))} entries for {n} input ids")
         if n == 0:
             raise ValueError("TrainSample: `input_ids` is empty")
@@ -183,17 +189,24 @@ class Trajectory:
     # ---------------------------------------------------------------- samples
     def to_sample(self, group_id: Any = None, reward: Optional[float] = None) -> TrainSample:
         """This branch as a :class:`TrainSample` (``reward`` defaults to :attr:`reward`)."""
-        ids, mask, lps, vers = [], [], [], []
+        ids, mask, lps, vers, turns = [], [], [], [], []
         for s in self.segments:
             ids.extend(s.ids)
             if s.trainable:
                 mask.extend([1] * len(s.ids))
                 lps.extend(float(x) for x in s.logprobs)
                 vers.extend([int(s.version)] * len(s.ids))
+                turns.extend([int(s.turn)] * len(s.ids))
             else:
                 mask.extend([0] * len(s.ids))
                 lps.extend([0.0] * len(s.ids))
                 vers.extend([NOT_SAMPLED] * len(s.ids))
+                turns.extend([-1] * len(s.ids))
+        k = max((t + 1 for t in turns), default=0)
+        turn_rewards = [0.0] * k
+        for t, rr in self.step_rewards:
+            if 0 <= t < k:
+                turn_rewards[t] += float(rr)
         r = self.reward if reward is None else float(reward)
         last = max((i for i, m in enumerate(mask) if m), default=None)
         positions = [(last, r)] if last is not None else []
@@ -201,7 +214,8 @@ class Trajectory:
                            reward_positions=positions, reward_components=dict(self.components),
                            spans={k: list(v) for k, v in self.spans.items()}, group_id=group_id,
                            stop_reason=self.stop_reason, num_turns=self.num_turns,
-                           meta={"task": self.task, "seed": self.seed, **self.metrics})
+                           meta={"task": self.task, "seed": self.seed, **self.metrics}, token_turn=turns,
+                           turn_rewards=turn_rewards)
 
     def to_samples(self, group_id: Any = None) -> list[TrainSample]:
         """One sample per branch (earlier forks first), each with the episode's final reward."""

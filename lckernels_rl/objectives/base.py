@@ -162,6 +162,12 @@ class PolicyObjective(Objective):
         temperature: logits temperature of the fused path.
         nonfinite: ``PolicyLossConfig.nonfinite``.
         ignore_index: target id that masks a position in the fused path.
+        rollout_correction: the kernel's train/inference-mismatch correction from the engine's per-token log-probs
+            (``None``, ``"token_truncate"`` (TIS), ``"token_mask"``, ``"sequence_truncate"``, ``"sequence_mask"``;
+            ``PolicyLossConfig.rollout_correction``), with ``rc_threshold`` / ``rc_threshold_low``.  With it the
+            objective takes ``rollout_log_prob`` -- in asynchronous training, those of the policy version that
+            sampled each token, so stale tokens are importance-weighted.  An objective whose mode already fixes a
+            correction (``lcft_tis``) rejects a different one.
     """
 
     loss_agg: str = "token-mean"
@@ -173,6 +179,9 @@ class PolicyObjective(Objective):
     temperature: float = 1.0
     nonfinite: str = "error"
     ignore_index: int = -100
+    rollout_correction: Optional[str] = None
+    rc_threshold: float = 2.0
+    rc_threshold_low: Optional[float] = None
     supports_token_weight: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -188,11 +197,19 @@ class PolicyObjective(Objective):
                   kl_ratio_weighted=self.kl_ratio_weighted,
                   entropy_coef=self.entropy_coef, temperature=self.temperature, nonfinite=self.nonfinite,
                   ignore_index=self.ignore_index)
-        kw.update(self._mode_config())  # the mode may pin a shared field (e.g. lcft_tis's T_max)
+        if self.rollout_correction is not None:
+            kw.update(rollout_correction=self.rollout_correction, rc_threshold=self.rc_threshold,
+                      rc_threshold_low=self.rc_threshold_low)
+        mode = self._mode_config()  # the mode may pin a shared field (e.g. lcft_tis's T_max)
+        if self.rollout_correction is not None and mode.get("rollout_correction", self.rollout_correction) \
+                != self.rollout_correction:
+            raise ValueError(f"objective {self.name!r} fixes rollout_correction={mode['rollout_correction']!r}; "
+                             f"got rollout_correction={self.rollout_correction!r}")
+        kw.update(mode)
         return PolicyLossConfig(**kw)
 
     def _config_for(self, ref_log_prob, rollout_log_prob=None) -> PolicyLossConfig:
-        if self.uses_rollout_log_prob and rollout_log_prob is None:
+        if (self.uses_rollout_log_prob or self.rollout_correction is not None) and rollout_log_prob is None:
             raise ValueError(f"objective {self.name!r} needs rollout_log_prob (the inference engine's log-probs)")
         if self.kl_beta and ref_log_prob is None:
             raise ValueError(f"objective {self.name!r}: kl_beta={self.kl_beta} needs ref_log_prob")

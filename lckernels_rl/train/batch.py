@@ -36,6 +36,9 @@ class RLBatch:
         rewards: [B] fp32; group_index: [B] long (samples of one group share it, numbered from 0).
         components: ``{name: [B] fp32}`` of the verdicts' components (NaN where a sample lacks one).
         spans: ``{name: [B, R] bool}`` over the trained tokens.
+        token_turn: [B, R] long, the assistant-turn index of each trained token (-1 on padding and for samples
+            without turn indices); turn_rewards: [B, K] fp32 step rewards per turn (0 beyond a sample's turns);
+            turn_mask: [B, K] bool, the turns a sample has trained tokens in (K = the most turns of any sample, >= 1).
         samples: the packed samples.
     """
 
@@ -53,6 +56,9 @@ class RLBatch:
     components: dict[str, torch.Tensor] = field(default_factory=dict)
     spans: dict[str, torch.Tensor] = field(default_factory=dict)
     samples: list[TrainSample] = field(default_factory=list)
+    token_turn: torch.Tensor | None = None
+    turn_rewards: torch.Tensor | None = None
+    turn_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -102,5 +108,13 @@ def pack_samples(samples: Sequence[TrainSample], pad_id: int) -> RLBatch:
                          for i, s in enumerate(samples)], dtype=torch.long)
     pos_ids = (attn.cumsum(1) - 1).clamp_min(0)
     rewards = torch.tensor([float(s.reward) for s in samples], dtype=torch.float32)
+    turn = torch.tensor([([s.token_turn[p] for p in tr] if s.token_turn is not None else [-1] * len(tr))
+                         + [-1] * (R - len(tr)) for s, tr in zip(samples, trained)], dtype=torch.long)
+    K = max(1, int(turn.max()) + 1, *(len(s.turn_rewards) for s in samples))
+    turn_rewards = torch.tensor([list(map(float, s.turn_rewards)) + [0.0] * (K - len(s.turn_rewards))
+                                 for s in samples], dtype=torch.float32)
+    turn_mask = torch.zeros(len(samples), K, dtype=torch.bool)
+    rows, cols = torch.nonzero(turn >= 0, as_tuple=True)
+    turn_mask[rows, turn[rows, cols]] = True
     return RLBatch(ids, attn, pos_ids, gather, positions, targets, mask, rlp, vers, rewards, gidx, comps, spans,
-                   list(samples))
+                   list(samples), turn, turn_rewards, turn_mask)

@@ -16,8 +16,9 @@ from typing import Any, Optional
 __all__ = ["ConfigError", "ModelConfig", "TaskConfig", "AgentConfig", "SFTConfig", "RLConfig", "RolloutConfig", "LogConfig",
            "TrainConfig", "load_config", "apply_overrides", "resolve_config_path", "ADVANTAGES"]
 
-# Advantage estimators the trainer can feed: they take (rewards [B], group index [B]).
-ADVANTAGES = ("grpo", "dr_grpo", "batch_std")
+# Advantage estimators the trainer can feed: (rewards [B], group index [B]) -> [B]; ``hian`` (DuCA): the session
+# reward, the per-turn step rewards and each token's turn -> per-token advantages [B, R].
+ADVANTAGES = ("grpo", "dr_grpo", "batch_std", "hian")
 
 
 class ConfigError(ValueError):
@@ -32,12 +33,16 @@ class ModelConfig:
     locally on the task's generated text, target size ``vocab_size`` or 1024).  ``vocab_size``: the embedding /
     lm_head size (``null``: the tokenizer's size rounded up to a multiple of 8); larger than the tokenizer pads the
     lm_head with rows no token uses -- e.g. 32000 to make the lm_head as big as a real model's.
+    ``init_from``: the output directory of an earlier run: this run starts from its tokenizer (``<dir>/model``, not
+    rebuilt) and its model weights (``<dir>/checkpoint.pt``); the architecture must match (a warm start, e.g. the
+    next stage of a curriculum; the optimizer and the step counter start afresh).
     """
     arch: str = "longcat_flash"
     experts_implementation: str = "lckernels"
     tokenizer: str = "char"
     vocab_size: Optional[int] = None
     overrides: dict = field(default_factory=dict)
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -111,6 +116,7 @@ class RLConfig:
     objective: str = "grpo"
     objective_args: dict = field(default_factory=dict)
     advantage: str = "grpo"
+    advantage_args: dict = field(default_factory=dict)
     max_new_tokens: int = 8
     temperature: float = 1.0
     reuse: int = 1
@@ -173,6 +179,8 @@ class TrainConfig:
     rl: RLConfig = field(default_factory=RLConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # trainer callbacks: [{target: "package.module:Class", args: {...}}] (lckernels_rl.train.callbacks)
+    callbacks: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -199,10 +207,14 @@ def _check_type(path: str, value, default, annotation: str):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path} must be a list; got {value!r}")
         return tuple(float(v) for v in value)
-    if annotation.startswith("Optional[int]"):
+    if annotation == "list":
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list; got {value!r}")
+        return list(value)
+    if annotation.startswith("Optional[int]") or annotation.startswith("Optional[str]"):
         if value is None:
             return None
-        annotation = "int"
+        annotation = annotation[len("Optional["):-1]
     if annotation == "bool":
         if not isinstance(value, bool):
             raise ConfigError(f"{path} must be true or false; got {value!r}")
@@ -280,6 +292,15 @@ def validate(cfg: TrainConfig) -> None:
     _choice("rl.objective", cfg.rl.objective, list_objectives())
     _choice("rl.allocator", cfg.rl.allocator, list_allocators())
     _choice("rl.advantage", cfg.rl.advantage, ADVANTAGES)
+    hian_args = ("w_session", "w_turn", "eps", "unbiased", "turn_return", "gamma")
+    allowed = hian_args if cfg.rl.advantage == "hian" else ()
+    bad = sorted(set(cfg.rl.advantage_args) - set(allowed))
+    if bad:
+        raise ConfigError(f"rl.advantage_args: unknown field(s) {bad} for rl.advantage={cfg.rl.advantage!r}; "
+                          f"valid fields: {', '.join(allowed) or 'none'}")
+    from .callbacks import build_callbacks
+
+    build_callbacks(cfg.callbacks)  # a bad target / args fails at load time
     _choice("rl.backend", cfg.rl.backend, lckernels.BACKENDS)
     _choice("rl.loss", cfg.rl.loss, ("fused", "per_token"))
     _choice("rl.dynamic_sampling", cfg.rl.dynamic_sampling, ("auto", "filter", "off"))

@@ -35,6 +35,7 @@ import math
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,15 @@ class Trainer:
         resume: continue from ``<output_dir>/checkpoint.pt`` (``FileNotFoundError`` if there is none).
     """
 
-    def __init__(self, config: TrainConfig, *, resume: bool = False):
+    def __init__(self, config: TrainConfig, *, resume: bool = False, callbacks=None):
+        from .callbacks import TrainerCallback, build_callbacks
+
         self.config = cfg = config
+        self.callbacks = build_callbacks(cfg.callbacks) + list(callbacks or [])
+        for i, cb in enumerate(self.callbacks):
+            if not isinstance(cb, TrainerCallback):
+                raise TypeError(f"Trainer: callbacks[{i}] must be a TrainerCallback; got {type(cb).__name__}")
+        self.env_overrides: dict[str, dict] = {"train": {}, "eval": {}}  # set_env_args
         self.out = Path(cfg.log.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.threading = _set_threads(cfg.threads)
@@ -121,7 +129,8 @@ class Trainer:
         self.is_text_env = isinstance(probe, TextEnvAdapter)
         self.renderer_name = cfg.agent.renderer if cfg.agent.renderer != "auto" else \
             ("raw" if self.is_text_env else "plain")
-        self.tokenizer = self._build_tokenizer(probe)
+        init = self._init_from()
+        self.tokenizer = init["tokenizer"] if init else self._build_tokenizer(probe)
         tok = self.tokenizer
         self.eos_id, self.pad_id = tok.eos_token_id, tok.pad_token_id
         vocab = cfg.model.vocab_size if cfg.model.vocab_size is not None else _round_up(len(tok), 8)
@@ -131,6 +140,12 @@ class Trainer:
                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                   experts_implementation=cfg.model.experts_implementation, seed=cfg.seed,
                                   **cfg.model.overrides)
+        if init:
+            try:
+                self.model.load_state_dict(init["model"])
+            except RuntimeError as e:
+                raise ConfigError(f"model.init_from={cfg.model.init_from!r}: its weights do not fit this model "
+                                  f"(model.arch / overrides / vocab_size must match the earlier run): {e}") from None
         from lckernels_rl.agents.renderer import make_renderer
 
         self.renderer = make_renderer(self.renderer_name, tok)
@@ -144,7 +159,7 @@ class Trainer:
         self.pool = PromptPool(self.make_env, cfg.task.train_size, seed_offset=0)
         self.eval_pool = PromptPool(self.make_eval_env, cfg.task.eval_size, seed_offset=EVAL_SEED_OFFSET) \
             if cfg.task.eval_size else None
-        self.advantage_fn = get_estimator(cfg.rl.advantage)
+        self.advantage_fn = get_estimator(cfg.rl.advantage) if cfg.rl.advantage != "hian" else _hian_no_scalar
         self.eval_components: dict[str, float] = {}  # component means of the last evaluation
         self.requirements = self.objective.context_requirements()
         self.gate = None
@@ -160,6 +175,12 @@ class Trainer:
             if self.source is not base:
                 raise ConfigError(f"rollout.mode=async: objective {cfg.rl.objective!r} brings its own rollout source")
             self.source = self.driver = self._async_driver()
+            if cfg.rollout.max_staleness > 0 and not self._wants_rollout_log_prob():
+                warnings.warn(
+                    f"rollout.mode=async with max_staleness={cfg.rollout.max_staleness}: objective "
+                    f"{cfg.rl.objective!r} has no rollout correction, so tokens sampled by older policy versions are "
+                    "trained as if on-policy; set a correction (e.g. rl.objective_args: {rollout_correction: "
+                    "token_truncate}) or rollout.mask_stale_tokens / max_staleness: 0", UserWarning, stacklevel=2)
         self.step = 0
         self.optimizer = None
         self.phase = None
@@ -172,14 +193,63 @@ class Trainer:
             self._save_artifacts()
 
     # ------------------------------------------------------------------ set-up helpers
+    def _env_args(self, eval: bool = False) -> dict:
+        t, o = self.config.task, self.env_overrides
+        # the evaluation keeps its own task (a curriculum's train overrides do not move the yardstick)
+        return {**t.env_args, **t.eval_env_args, **o["eval"]} if eval else {**t.env_args, **o["train"]}
+
     def make_env(self):
         """A fresh environment of the task (one per episode)."""
-        return make_tool_env(self.config.task.env, **self.config.task.env_args)
+        return make_tool_env(self.config.task.env, **self._env_args())
 
     def make_eval_env(self):
         """A fresh environment for evaluation (``task.env_args`` updated by ``task.eval_env_args``)."""
-        t = self.config.task
-        return make_tool_env(t.env, **{**t.env_args, **t.eval_env_args})
+        return make_tool_env(self.config.task.env, **self._env_args(eval=True))
+
+    def set_env_args(self, *, eval: bool = False, **kwargs) -> None:
+        """Change the arguments of the environments built from now on (a callback's curriculum: a noise level, a
+        withdrawn skill set): training environments, or with ``eval=True`` the evaluation ones (on top of
+        ``task.eval_env_args``).  The environment is built once with them first (a bad value raises here, not in an
+        episode); the task pools keep the prompts they were built with; checkpoints keep the overrides."""
+        which = "eval" if eval else "train"
+        new = {**self.env_overrides[which], **kwargs}
+        old, self.env_overrides[which] = self.env_overrides[which], new
+        try:
+            (self.make_eval_env if eval else self.make_env)().close()
+        except Exception:
+            self.env_overrides[which] = old
+            raise
+        if self.driver is not None and not eval:
+            self._sync_driver_envs()
+
+    def _driver_make_env(self):
+        import functools
+
+        return functools.partial(make_tool_env, self.config.task.env, **self._env_args())  # picklable (Ray)
+
+    def _sync_driver_envs(self) -> None:
+        for d in self.driver.domains:
+            d.make_env = self._driver_make_env()
+
+    def _init_from(self) -> dict | None:
+        """``model.init_from``: the earlier run's tokenizer and model weights (ConfigError if unusable)."""
+        src = self.config.model.init_from
+        if not src:
+            return None
+        run = Path(src)
+        mdir, ckpt = run / "model", run / CHECKPOINT
+        if not (mdir.is_dir() and ckpt.is_file()):
+            raise ConfigError(f"model.init_from={src!r}: expected the output directory of an earlier run, with "
+                              f"{mdir} and {ckpt}")
+        state = torch.load(ckpt, weights_only=False, map_location="cpu")
+        theirs, ours = state["config"]["model"], self.config.model
+        for key in ("arch", "overrides", "tokenizer"):
+            if _plain(theirs.get(key)) != _plain(getattr(ours, key)):
+                raise ConfigError(f"model.init_from={src!r}: model.{key} differs from that run's "
+                                  f"({theirs.get(key)!r} vs {getattr(ours, key)!r})")
+        from transformers import PreTrainedTokenizerFast
+
+        return {"tokenizer": PreTrainedTokenizerFast.from_pretrained(str(mdir)), "model": state["model"]}
 
     def _build_tokenizer(self, probe):
         from lckernels_rl.agents import renderer as R
@@ -228,8 +298,6 @@ class Trainer:
     def _async_driver(self):
         """The asynchronous :class:`~lckernels_rl.rollout.driver.RolloutDriver` over the task pool (its episodes run
         the agent loop on the shared engine, ``self.engine``, built at the RL phase)."""
-        import functools
-
         from lckernels_rl.rollout import Domain, DoraScheduler, RolloutDriver, make_executor
 
         cfg, r = self.config, self.config.rollout
@@ -237,8 +305,7 @@ class Trainer:
         inflight = r.max_inflight or (r.max_staleness + 1) * groups
         kw = {"num_workers": r.num_workers} if r.executor == "ray" else {"max_workers": inflight * size}
         executor = make_executor(r.executor, env_timeout_s=r.env_timeout_s, **kw)
-        make_env = functools.partial(make_tool_env, cfg.task.env, **cfg.task.env_args)  # picklable (Ray)
-        return RolloutDriver("async", domains=[Domain(cfg.task.env, make_env, self.pool)],
+        return RolloutDriver("async", domains=[Domain(cfg.task.env, self._driver_make_env(), self.pool)],
                              run_episode=lambda env, seed: self._loop(self.engine, cfg.rl.temperature).run(env, None,
                                                                                                            seed),
                              rng=self.rng, batch_groups=groups, group_size=size, max_staleness=r.max_staleness,
@@ -406,11 +473,17 @@ class Trainer:
                     "skipped": "no trainable samples", **groups.metrics}
         batch = pack_samples(groups.samples, self.pad_id)
         targets, mask = batch.targets, batch.mask
+        stale_frac = None
         if self.config.rollout.mask_stale_tokens:  # tokens sampled more than max_staleness versions ago: not trained
             mask = mask & (batch.token_versions >= self.engine.version - self.config.rollout.max_staleness)
+            stale_frac = 1.0 - int(mask.sum()) / max(int(batch.mask.sum()), 1)
         extra = self.objective.batch_inputs(batch, self._context())
-        adv = extra.pop("advantages") if "advantages" in extra else \
-            self.advantage_fn(batch.rewards, batch.group_index).float()
+        if "advantages" in extra:  # the objective's own
+            adv = extra.pop("advantages")
+        elif c.advantage == "hian":
+            adv = self._hian(batch, mask)
+        else:
+            adv = self.advantage_fn(batch.rewards, batch.group_index).float()
         rollout_lp = batch.rollout_logprobs if self._wants_rollout_log_prob() else None
         ref_lp = self._ref_log_prob(batch)
 
@@ -464,12 +537,28 @@ class Trainer:
                    clip_frac=float(out.get("clip_frac_low", 0.0) + out.get("clip_frac_high", 0.0)),
                    counts_min=int(groups.counts.min()), counts_max=int(groups.counts.max()),
                    policy_version=int(self.engine.version))
+        if stale_frac is not None:
+            out["stale_masked_frac"] = stale_frac
+        lag = (self.engine.version - 1 - batch.token_versions)[batch.mask].float()  # updates since the token's policy
+        if lag.numel():
+            out.update(token_lag_mean=float(lag.mean()), token_lag_max=int(lag.max()))
         out.update(groups.metrics)
         out.update(_span_stats(batch, adv, extra))
         if c.reuse > 1:
             out.update(kl_rollout_max=max([0.0, *kl_trace]), grad_norm_lm_head_max=max([0.0, *g_trace]),
                        kl_rollout_trace=kl_trace, grad_norm_lm_head_trace=g_trace)
         return out
+
+    def _hian(self, batch: RLBatch, mask: torch.Tensor) -> torch.Tensor:
+        """DuCA's HIAN per-token advantages [B, R]: the session reward (the verdict's ``session`` component where
+        every sample has one, else the reward) and the per-turn step rewards, normalised apart, then fused."""
+        from lckernels_rl.advantages import hian_advantages
+
+        session = batch.components.get("session")
+        if session is None or bool(torch.isnan(session).any()):
+            session = batch.rewards
+        return hian_advantages(session, batch.turn_rewards, batch.token_turn, batch.group_index,
+                               turn_mask=batch.turn_mask, response_mask=mask, **self.config.rl.advantage_args)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -499,6 +588,7 @@ class Trainer:
                     "python": random.getstate()},
             "source": self.source.state_dict(), "gate": self.gate,
             "engine_version": self.engine.version if self.engine is not None else None,
+            "env_overrides": self.env_overrides, "callbacks": [cb.state_dict() for cb in self.callbacks],
         }
 
     def save_checkpoint(self) -> Path:
@@ -528,6 +618,15 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         self.rng.bit_generator.state = state["rng"]["numpy"]
         random.setstate(state["rng"]["python"])
+        self.env_overrides = state.get("env_overrides", {"train": {}, "eval": {}})
+        if self.driver is not None:
+            self._sync_driver_envs()
+        cbs = state.get("callbacks", [])
+        if len(cbs) != len(self.callbacks):
+            raise ValueError(f"--resume: {path} was saved with {len(cbs)} callback(s), this trainer has "
+                             f"{len(self.callbacks)}; resume with the same callbacks")
+        for cb, st in zip(self.callbacks, cbs):
+            cb.load_state_dict(st)
         self.source.load_state_dict(state["source"])
         self.gate = state["gate"]
         if self.engine is not None:
@@ -545,6 +644,8 @@ class Trainer:
         end = self.total_steps if max_steps is None else min(self.total_steps, self.step + max_steps)
         written: list[dict] = []
         bar = _progress(cfg.log.progress, self.total_steps, self.step)
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
         if self.step == 0:
             acc = self.evaluate()
             written.append(self._log({"step": 0, "phase": "init", "eval_accuracy": acc,
@@ -562,6 +663,8 @@ class Trainer:
                 if cfg.log.eval_every and (step % cfg.log.eval_every == 0 or last_of_phase):
                     m["eval_accuracy"] = self.evaluate()
                     m.update({f"eval_{k}": v for k, v in self.eval_components.items()})
+                for cb in self.callbacks:
+                    cb.on_step_end(self, m)
                 written.append(self._log(m))
                 if bar is not None:
                     bar.update(1)
@@ -592,6 +695,11 @@ class Trainer:
             self.driver.close()
         if self.engine is not None:
             self.engine.close()
+
+
+def _hian_no_scalar(rewards, group_index):
+    raise ConfigError("rl.advantage=hian gives per-token advantages from turn rewards; this objective computes its own "
+                      "advantages from a scalar estimator (ObjectiveContext.advantage_fn): use rl.advantage grpo with it")
 
 
 def _k3(old: torch.Tensor, new: torch.Tensor, mask: torch.Tensor) -> float:

@@ -564,3 +564,21 @@ def test_lckernels_rl_uses_only_the_public_lckernels_api():
     assert not bad, bad
     for name in ("loss_agg_weights", "log_ratio", "kl_estimate"):
         assert name in pub
+
+
+def test_policy_objectives_take_a_rollout_correction():
+    """GRPO with TIS (``rollout_correction="token_truncate"``, C = 2), on-policy (ratio 1), one sequence of two tokens
+    with advantage 1 and behaviour log-probs 1.5x and 3x below the policy's: weights min(1.5, 2) = 1.5 and
+    min(3, 2) = 2, so loss = -(1.5 + 2) / 2 = -1.75 (seq-mean-token-mean); without the correction -1."""
+    lp = torch.log(torch.tensor([[0.5, 0.25]]))
+    mu = lp - torch.log(torch.tensor([[1.5, 3.0]]))
+    adv, mask = torch.ones(1), torch.ones(1, 2, dtype=torch.bool)
+    tis = get_objective("grpo", rollout_correction="token_truncate", rc_threshold=2.0)
+    loss, _ = tis(lp, lp, adv, mask, rollout_log_prob=mu)
+    assert float(loss) == pytest.approx(-1.75)
+    plain, _ = get_objective("grpo")(lp, lp, adv, mask)
+    assert float(plain) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="needs rollout_log_prob"):
+        tis(lp, lp, adv, mask)
+    with pytest.raises(ValueError, match="fixes rollout_correction"):
+        get_objective("lcft_tis", rollout_correction="sequence_mask")
