@@ -9,8 +9,8 @@ withdraws the unhelpful files).  Reported: final greedy zero-shot success (no sk
 
     python examples/skill0_demo.py --seeds 0 --sft-steps 40 --rl-steps 30 --test-freq 5
 
-The trainer has no per-step hook yet: this script drives the curriculum by calling ``Trainer.fit(max_steps=N)``
-between validations (see docs/skills.md for the hook the trainer would need).
+The curriculum runs inside the trainer as its ``skill0_withdrawal`` callback
+(:class:`~lckernels_rl.envs.skills.skill0.SkillWithdrawalCallback`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _demo  # noqa: E402
 
-from lckernels_rl.envs.skills.skill0 import SkillWithdrawalSchedule, skill_files  # noqa: E402
 from lckernels_rl.envs.skills.skill1 import VERBS  # noqa: E402
 from lckernels_rl.train import Trainer, load_config  # noqa: E402
 
@@ -42,26 +41,14 @@ def run_arm(arm: str, seed: int, a) -> dict:
     cfg = load_config("skill0", ov)
     cfg.task.env_args = {"skill_seed": seed, "skills": skills, "schedule_id": sid}
     cfg.task.eval_env_args = {"skills": "none"}
-    hist = []
+    if arm == "curriculum":  # the trainer's callback validates and withdraws every --test-freq RL steps
+        cfg.callbacks = [{"target": "skill0_withdrawal",
+                          "args": {"max_set_schedule": [6] if a.linear else [6, 3, 0], "test_freq": a.test_freq,
+                                   "mode": "linear" if a.linear else "released"}}]
     with _demo.trainer(cfg) as tr:
-        sched = None
-        if arm == "curriculum":
-            files, _ = skill_files(seed)
-            sched = SkillWithdrawalSchedule(list(files), {v: f"{v}_skills" for v in VERBS},
-                                            [6] if a.linear else [6, 3, 0], total_steps=a.rl_steps,
-                                            test_freq=a.test_freq, mode="linear" if a.linear else "released",
-                                            schedule_id=sid)
-        tr.fit(max_steps=a.sft_steps)
-        done = 0
-        while done < a.rl_steps:
-            k = min(a.test_freq, a.rl_steps - done)
-            tr.fit(max_steps=k)
-            done += k
-            if sched is not None:
-                def evaluate(names):
-                    return per_type(tr, {"skills": "schedule" if names else "none", "schedule_id": sid})
-                sched.on_step(done, evaluate)
-                hist.append({"step": done, "active": list(sched.active)})
+        tr.fit()
+        hist = [{"step": h["step"], "max_set": h["max_set"], "active": h["active"]}
+                for cb in tr.callbacks for h in cb.schedule.history]
         zero = per_type(tr, {"skills": "none"})
     return {"arm": arm, "seed": seed, "zero_shot": sum(zero.values()) / len(zero), "per_type": zero, "schedule": hist}
 

@@ -47,7 +47,8 @@ class TrainerCallback:
         pass
 
 
-_REGISTRY: dict[str, Any] = {}
+# short name -> the class, or "module:Class" (imported on first use)
+_REGISTRY: dict[str, Any] = {"skill0_withdrawal": "lckernels_rl.envs.skills.skill0:SkillWithdrawalCallback"}
 
 
 def register_callback(name: str, cls: type) -> None:
@@ -66,9 +67,9 @@ def list_callbacks() -> list[str]:
 def _resolve(target: str, where: str) -> type:
     from .config import ConfigError
 
-    if target in _REGISTRY:
+    if target in _REGISTRY and not isinstance(_REGISTRY[target], str):
         return _REGISTRY[target]
-    mod, sep, name = target.partition(":")
+    mod, sep, name = _REGISTRY.get(target, target).partition(":")
     if not sep or not mod or not name:
         raise ConfigError(f"{where}.target must be 'package.module:Class' or a registered name "
                           f"({', '.join(list_callbacks()) or 'none registered'}); got {target!r}")

@@ -92,3 +92,39 @@ def test_config_smoke(tmp_path):
                       sft={"steps": 2, "batch_size": 4},
                       rl={"steps": 1, "prompts_per_step": 2, "rollouts_per_step": 4, "max_new_tokens": 8})
     assert len(fit_rl_rows(cfg)) == 1
+
+
+def test_withdrawal_callback_drives_the_trainer(tmp_path):
+    """callbacks: [{target: skill0_withdrawal}] with schedule [6, 0] over 2 RL steps, validating every step: after
+    step 1 max_set is 6 (general_skills kept), after step 2 it is 0 -- no skill file is shown any more."""
+    import yaml
+
+    from lckernels_rl.train import Trainer
+    from lckernels_rl.train.config import bundled_configs
+    from tests.rl.tiny import tiny_config
+
+    data = yaml.safe_load(open(bundled_configs()["skill0"]))
+    cfg = tiny_config(tmp_path, task={**data["task"], "env_args": {"skill_seed": 0, "skills": "schedule"},
+                                      "train_size": 32, "eval_size": 4}, agent=data["agent"],
+                      sft={"steps": 1, "batch_size": 4},
+                      rl={"steps": 2, "prompts_per_step": 2, "rollouts_per_step": 4, "max_new_tokens": 8},
+                      callbacks=[{"target": "skill0_withdrawal", "args": {"max_set_schedule": [6, 0],
+                                                                          "test_freq": 1}}])
+    tr = Trainer(cfg)
+    try:
+        rows = [r for r in tr.fit() if r["phase"] == "rl"]
+        assert [r["skill0_max_set"] for r in rows] == [6, 0]
+        assert rows[1]["skill0_active"] == 0 and tr.env_overrides["train"]["active"] == []
+        msgs, info = tr.make_env().reset(seed=0)
+        assert info["skills"] == [] and "<skills>" not in msgs[0].content
+    finally:
+        tr.close()
+    bad = tiny_config(tmp_path, callbacks=[{"target": "skill0_withdrawal"}])  # arithmetic: not a skill0 task
+    tr = Trainer(bad)
+    try:
+        with pytest.raises(ValueError, match="skills: schedule"):
+            tr.fit()
+    finally:
+        tr.close()
+    with pytest.raises(ValueError, match="unknown skill files"):
+        Skill0Env(active=["nope"])

@@ -223,3 +223,12 @@ def test_mask_stale_tokens_drops_only_tokens_past_the_bound(tmp_path):
     assert seen["mask"].tolist() == [[True, True], [False, False], [True, False]]
     assert out["stale_masked_frac"] == pytest.approx(3 / 6)
     assert out["token_lag_max"] == 3  # version 2 under the version-5 policy
+
+
+def test_hian_with_an_objective_needing_scalar_advantages_is_clear(tmp_path):
+    tr = Trainer(tiny_config(tmp_path, rl={"advantage": "hian"}))
+    try:
+        with pytest.raises(ConfigError, match="per-token advantages"):
+            tr._context().advantage_fn(torch.zeros(2), torch.zeros(2, dtype=torch.long))
+    finally:
+        tr.close()

@@ -16,7 +16,10 @@ Source status -- VERIFIED in ZJU-REAL/SkillZero ``agent_system/environments/curr
   ``general_skills`` is never ranked and always kept unless ``max_set == 0`` (then no skills at all); the others are
   sorted by ``delta`` descending and the top ``max_set - 1`` kept (``delta == 0`` is kept).
 * INFERRED: the ``linear`` alternative (``max_set`` from ``schedule[0]`` to 0 linearly over the validations); the
-  toy tasks (below); driving the curriculum from a hook (:meth:`SkillWithdrawalSchedule.on_step`).
+  toy tasks (below); driving the curriculum from the trainer's callback hook (:class:`SkillWithdrawalCallback`,
+  ``callbacks: [{target: skill0_withdrawal}]``: after every ``test_freq``-th RL step a greedy validation with and
+  without the active skills, then ``trainer.set_env_args(active=...)``; the released code validates on its own
+  validation set, ours on the trainer's evaluation tasks).
 
 Task (generated, seeded): ``task <verb> <object>``; the answer is a 3-word macro of the family (drawn from
 ``skill_seed``); a skill file per verb (``<verb>_skills``: the macros of its objects) and ``general_skills`` (the
@@ -33,10 +36,13 @@ import numpy as np
 
 from lckernels_rl.agents.types import Message
 
+from lckernels_rl.train.callbacks import TrainerCallback
+
 from ..tool_env import StepResult, ToolEnv, Verdict
 from .skill1 import ACTIONS, OBJECTS, VERBS, _macro
 
-__all__ = ["Skill0Env", "SkillWithdrawalSchedule", "skill_files", "set_active_skills", "active_skills"]
+__all__ = ["Skill0Env", "SkillWithdrawalSchedule", "SkillWithdrawalCallback", "skill_files", "set_active_skills",
+           "active_skills"]
 
 GENERAL = "general_skills"
 _ACTIVE: dict[str, Optional[list[str]]] = {}
@@ -68,7 +74,9 @@ class Skill0Env(ToolEnv):
         skill_seed: seeds the macros.
         skills: ``"schedule"`` (the files :func:`set_active_skills` set for ``schedule_id``; all until then),
             ``"all"`` (always on), ``"none"`` (zero-shot).
-        schedule_id: the curriculum these envs follow.
+        schedule_id: the curriculum these envs follow (a process-wide registry, :func:`set_active_skills`).
+        active: with ``skills="schedule"``, the active skill files themselves (``None``: the ``schedule_id``
+            registry's); what :class:`SkillWithdrawalCallback` sets through ``Trainer.set_env_args``.
     """
 
     name: ClassVar[str] = "skill0"
@@ -77,13 +85,20 @@ class Skill0Env(ToolEnv):
     alphabet: ClassVar[str] = "abcdefghijklmnopqrstuvwxyz0123456789 .:_<>/\n"
 
     def __init__(self, skill_seed: int = 0, skills: Literal["schedule", "all", "none"] = "schedule",
-                 schedule_id: str = "default"):
+                 schedule_id: str = "default", active: Optional[Sequence[str]] = None):
         if isinstance(skill_seed, bool) or not isinstance(skill_seed, int) or skill_seed < 0:
             raise ValueError(f"Skill0Env: `skill_seed` must be an int >= 0; got {skill_seed!r}")
         if skills not in ("schedule", "all", "none"):
             raise ValueError(f"Skill0Env: `skills` must be 'schedule', 'all' or 'none'; got {skills!r}")
         self.files, self.truth = skill_files(skill_seed)
+        if active is not None:
+            if isinstance(active, str) or not all(isinstance(n, str) for n in active):
+                raise ValueError(f"Skill0Env: `active` must be a list of skill-file names or None; got {active!r}")
+            unknown = sorted(set(active) - set(self.files))
+            if unknown:
+                raise ValueError(f"Skill0Env: `active` names unknown skill files {unknown}; valid: {sorted(self.files)}")
         self.skills, self.schedule_id = skills, str(schedule_id)
+        self.active = None if active is None else list(active)
         self.family, self.shown = "", []
         self.verdict: Optional[Verdict] = None
 
@@ -92,7 +107,7 @@ class Skill0Env(ToolEnv):
             return []
         if self.skills == "all":
             return list(self.files)
-        act = active_skills(self.schedule_id)
+        act = self.active if self.active is not None else active_skills(self.schedule_id)
         return list(self.files) if act is None else [n for n in act if n in self.files]
 
     def reset(self, seed: Optional[int] = None, task: Any = None) -> tuple[list[Message], dict]:
@@ -217,3 +232,64 @@ class SkillWithdrawalSchedule:
         new = self.withdraw(deltas, ms)
         self.history.append({"step": step, "max_set": ms, "deltas": deltas, "active": new})
         return new
+
+
+class SkillWithdrawalCallback(TrainerCallback):
+    """SKILL0's curriculum driven by the trainer (``callbacks: [{target: skill0_withdrawal, args: {...}}]``).
+
+    The training environments must be ``skill0`` with ``skills: schedule``.  After every ``test_freq``-th RL step it
+    evaluates greedily on the trainer's evaluation tasks with the active skills and without any (per task type,
+    the ``<verb>_success`` components), applies :class:`SkillWithdrawalSchedule`'s rule and sets the training
+    environments' ``active`` files (``Trainer.set_env_args``).  ``total_steps`` defaults to ``rl.steps``.  Logged:
+    ``skill0_max_set``, ``skill0_active`` (number of files) on validation steps.
+    """
+
+    def __init__(self, max_set_schedule: Sequence[int] = (6, 3, 0), test_freq: int = 10,
+                 mode: Literal["released", "linear"] = "released", total_steps: Optional[int] = None):
+        self.args = dict(max_set_schedule=list(max_set_schedule), test_freq=test_freq, mode=mode,
+                         total_steps=total_steps)
+        self.schedule: Optional[SkillWithdrawalSchedule] = None
+        self._state: Optional[dict] = None
+
+    def on_train_begin(self, trainer) -> None:
+        if self.schedule is not None:
+            return
+        env = trainer.make_env()
+        if not isinstance(env, Skill0Env) or env.skills != "schedule":
+            raise ValueError("SkillWithdrawalCallback: task.env must be skill0 with env_args.skills: schedule; got "
+                             f"{trainer.config.task.env!r} {trainer.config.task.env_args}")
+        a = dict(self.args)
+        a["total_steps"] = a["total_steps"] or trainer.config.rl.steps
+        self.schedule = SkillWithdrawalSchedule(list(env.files), {v: f"{v}_skills" for v in VERBS},
+                                                schedule_id=f"callback-{id(self)}", **a)
+        if self._state is not None:
+            self.schedule.active, self.schedule.history = list(self._state["active"]), list(self._state["history"])
+        trainer.set_env_args(active=list(self.schedule.active))
+
+    def _evaluate(self, trainer, names) -> dict:
+        saved = dict(trainer.env_overrides["eval"])
+        trainer.env_overrides["eval"] = {**saved, "skills": "schedule" if names else "none",
+                                         "active": list(names or [])}
+        try:
+            trainer.evaluate()
+        finally:
+            trainer.env_overrides["eval"] = saved
+        return {v: trainer.eval_components.get(f"{v}_success", 0.0) for v in VERBS}
+
+    def on_step_end(self, trainer, metrics: dict) -> None:
+        if metrics.get("phase") != "rl" or self.schedule is None:
+            return
+        rl_step = int(metrics["step"]) - trainer.config.sft.steps
+        new = self.schedule.on_step(rl_step, lambda names: self._evaluate(trainer, names))
+        if new is not None:
+            trainer.set_env_args(active=new)
+            metrics.update(skill0_max_set=self.schedule.history[-1]["max_set"], skill0_active=len(new))
+
+    def state_dict(self) -> dict:
+        if self.schedule is None:
+            return {}
+        return {"active": list(self.schedule.active), "history": list(self.schedule.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._state = dict(state) if state else None
+
