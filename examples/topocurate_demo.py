@@ -12,6 +12,10 @@ every selected and matched task: the share of groups with mixed rewards (non-zer
 std.  The probe pass rates of the two sets are equal by construction, so a difference is the topology's.
 
     python examples/topocurate_demo.py --seeds 0 1 2
+    python examples/topocurate_demo.py --config duca_sales --sft-steps 40 --seeds 0 1 2   # a branching dialogue
+
+``--config`` picks another bundled environment config (``--keys`` applies to ``agent_kv_lookup`` only; ``--set``
+adds overrides); success is ``reward >= --success-threshold``.
 """
 
 from __future__ import annotations
@@ -70,14 +74,18 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", type=int, default=64)
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--k", type=int, default=16)
+    p.add_argument("--config", default="agent_kv_lookup")
+    p.add_argument("--set", action="append", default=[], help="extra config overrides (key=value)")
+    p.add_argument("--success-threshold", type=float, default=1.0)
     p.add_argument("--out", default="runs/topocurate_demo.json")
     a = p.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory() as d:
-        cfg = load_config("agent_kv_lookup", [f"sft.steps={a.sft_steps}", "rl.steps=0", "log.eval_every=0",
-                                              "log.checkpoint_every=0", "log.plots=false", "log.progress=false",
-                                              f"log.output_dir={d}/run", f"task.env_args.keys_per_task={a.keys}",
-                                              "task.train_size=256", "task.eval_size=0"])
+        keys = [f"task.env_args.keys_per_task={a.keys}"] if a.config == "agent_kv_lookup" else []
+        cfg = load_config(a.config, [f"sft.steps={a.sft_steps}", "rl.steps=0", "log.eval_every=0",
+                                     "log.checkpoint_every=0", "log.plots=false", "log.progress=false",
+                                     f"log.output_dir={d}/run", "task.train_size=256", "task.eval_size=0"]
+                          + keys + a.set)
         t0 = time.time()
         tr = Trainer(cfg)
         tr.fit()  # the warm-up only
@@ -87,7 +95,7 @@ def main(argv=None) -> int:
             torch.manual_seed(seed)
             rng = np.random.default_rng(seed)
             tasks = [int(t) for t in rng.choice(tr.pool.size, size=a.tasks, replace=False)]
-            scores = topology_scores(rollouts(tr, loop, tasks, a.group))
+            scores = topology_scores(rollouts(tr, loop, tasks, a.group), success_threshold=a.success_threshold)
             chosen = select_tasks(scores, a.k)
             matched = match_on_pass_rate(scores, chosen, rng)
             fresh = rollouts(tr, loop, chosen + matched, a.group)

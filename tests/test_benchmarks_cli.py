@@ -169,3 +169,17 @@ def test_rl_step_multi_turn_config_with_warm_start(tmp_path):
     tok = {r["provider"]: r for r in rows if r["metric"] == "tokens_per_s"}
     assert set(tok) == set(provs) and len({r["step1"] for r in tok.values()}) == 1
     assert "sft=2" in rows[0]["config"] and "step-1 batch identical" in bench.format_table(rows)
+
+
+@pytest.mark.parametrize("engine", ["scripted", "hf"])
+def test_rollout_driver_benchmark_sync_and_async(tmp_path, engine):
+    """One tiny budget per provider (local executors): both engines produce episodes and tokens; a bad engine name
+    is a clear error."""
+    rows = bench.run("rollout_driver", steps=[1], groups=2, group_size=2, tool_ms=1.0, train_ms=1.0, engine=engine,
+                     max_new_tokens=2, providers=["sync", "async-s1-local"], repeats=1, warmup=0, memory=False,
+                     out=tmp_path / "r.csv", plot_dir=None, device="cpu")
+    eps = {r["provider"]: r["median"] for r in rows if r["metric"] == "episodes_per_s"}
+    assert set(eps) == {"sync", "async-s1-local"} and all(v > 0 for v in eps.values())
+    with pytest.raises(ValueError, match="engine must be"):
+        bench.run("rollout_driver", steps=[1], engine="vllm", providers=["sync"], repeats=1, warmup=0, memory=False,
+                  out=tmp_path / "r2.csv", plot_dir=None, device="cpu")

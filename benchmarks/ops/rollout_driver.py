@@ -9,6 +9,12 @@ costs ``gen_ms`` (one engine call per round, whatever the batch: a GPU engine's 
 asks to compare -- with the same "model", the same budget (``steps`` batches of ``groups x group_size`` episodes)
 and the same latencies for every provider; the model's own speed is not measured here (``--op rl_step`` does that).
 
+``engine: hf`` replaces the scripted policy by a real one: a tiny LongCat-Flash-style MoE policy (the trainer's
+``longcat_flash`` preset shrunk to hidden 64, 4 experts) sampling each turn with ``generate`` (up to
+``max_new_tokens``, :class:`~lckernels_rl.rollout.HFGenerateBackend` behind the driver's
+:class:`~lckernels_rl.rollout.BatchingEngine`), so generation costs real CPU time that competes with the environment
+threads and with the ``train_ms`` update; the tool latencies stay simulated.
+
 Providers (one mode, ``budget``: the whole budget per call):
 
 * ``sync``           -- anchor: today's path -- each step runs its episodes in lock-step rounds
@@ -36,7 +42,7 @@ from . import check_choice
 OP = "rollout_driver"
 X_NAME = "steps"
 DEFAULTS = {"steps": [6], "groups": 4, "group_size": 4, "tool_ms": 20.0, "alpha": 1.5, "gen_ms": 5.0,
-            "train_ms": 100.0, "workers": 16, "ray_workers": 8}
+            "train_ms": 100.0, "workers": 16, "ray_workers": 8, "engine": "scripted", "max_new_tokens": 4}
 MODES = ("budget",)
 ANCHOR = "sync"
 LIMIT = None
@@ -124,6 +130,27 @@ class _SlowEngine:
 
 _TOK = None
 _RAY = None
+_POLICY = None
+
+
+def _hf_engine(max_new_tokens: int):
+    """A real tiny policy behind a BackendEngine (built once per process; the same weights for every provider)."""
+    global _POLICY
+    from lckernels_rl.models import build_policy
+    from lckernels_rl.rollout import HFGenerateBackend
+    from lckernels_rl.rollout.engine import BackendEngine
+
+    tok = _tok()
+    if _POLICY is None:
+        _POLICY = build_policy("longcat_flash", vocab_size=len(tok) + (-len(tok)) % 8, pad_token_id=tok.pad_token_id,
+                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, seed=0,
+                               hidden_size=64, ffn_hidden_size=128, q_lora_rank=32, kv_lora_rank=32,
+                               qk_nope_head_dim=16, qk_rope_head_dim=16, head_dim=16, v_head_dim=16,
+                               num_attention_heads=2, num_key_value_heads=2, n_routed_experts=4,
+                               expert_ffn_hidden_size=64)
+    backend = HFGenerateBackend(_POLICY, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                vocab_limit=len(tok))
+    return BackendEngine(backend, stop_token_ids=[tok.eos_token_id]), int(max_new_tokens)
 
 
 def _tok():
@@ -160,8 +187,14 @@ class Budget:
         p, steps = self.inp.params, self.inp.steps
         tok = _tok()
         x = tok.convert_tokens_to_ids("x")
-        eng = BatchingEngine(_SlowEngine([x, x], 2, float(p["gen_ms"])), window_s=0.001)
-        loop = AgentLoop(eng, PlainChatRenderer(tok), parser=None, budget=EpBudget(max_turns=8, max_new_tokens=4),
+        if p["engine"] not in ("scripted", "hf"):
+            raise ValueError(f"{OP}: engine must be 'scripted' or 'hf'; got {p['engine']!r}")
+        if p["engine"] == "hf":
+            inner, new = _hf_engine(int(p["max_new_tokens"]))
+        else:
+            inner, new = _SlowEngine([x, x], 2, float(p["gen_ms"])), 4
+        eng = BatchingEngine(inner, window_s=0.001)
+        loop = AgentLoop(eng, PlainChatRenderer(tok), parser=None, budget=EpBudget(max_turns=8, max_new_tokens=new),
                          tools_in_prompt=False, max_env_workers=64)
         make_env = _EnvFactory(float(p["tool_ms"]), float(p["alpha"]))
         B, G, train_s = int(p["groups"]), int(p["group_size"]), float(p["train_ms"]) / 1e3
@@ -258,8 +291,10 @@ def extra_metrics(fn: Budget, timing) -> list[dict]:
 
 def describe(params: dict) -> str:
     return (f"heavy-tailed tool env (1-3 calls, Pareto alpha={params['alpha']} x {params['tool_ms']} ms), "
-            f"{params['groups']} groups x {params['group_size']} episodes/step, gen {params['gen_ms']} ms/call, "
-            f"update {params['train_ms']} ms")
+            f"{params['groups']} groups x {params['group_size']} episodes/step, "
+            + (f"tiny MoE policy sampling <= {params['max_new_tokens']} tokens/turn" if params.get("engine") == "hf"
+               else f"gen {params['gen_ms']} ms/call")
+            + f", update {params['train_ms']} ms")
 
 
 def format_rows(rows) -> str:
