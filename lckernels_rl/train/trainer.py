@@ -180,7 +180,7 @@ class Trainer:
                     f"rollout.mode=async with max_staleness={cfg.rollout.max_staleness}: objective "
                     f"{cfg.rl.objective!r} has no rollout correction, so tokens sampled by older policy versions are "
                     "trained as if on-policy; set a correction (e.g. rl.objective_args: {rollout_correction: "
-                    "token_truncate}) or rollout.mask_stale_tokens / max_staleness: 0", UserWarning, stacklevel=2)
+                    "token_truncate}), or rollout.max_staleness: 0", UserWarning, stacklevel=2)
         self.step = 0
         self.optimizer = None
         self.phase = None
@@ -222,14 +222,25 @@ class Trainer:
         if self.driver is not None and not eval:
             self._sync_driver_envs()
 
-    def _driver_make_env(self):
+    def _driver_domains(self) -> list[tuple[str, Any, float, float]]:
+        """``(label, make_env, weight, oversample)`` per domain of the async driver: one per environment of a
+        ``mixture`` task with weight > 0 (``only: <label>`` picks it; DORA draws domains by ``weight * oversample``),
+        else the task itself.  ``make_env`` is a ``functools.partial`` (picklable for Ray)."""
         import functools
 
-        return functools.partial(make_tool_env, self.config.task.env, **self._env_args())  # picklable (Ray)
+        name, args = self.config.task.env, self._env_args()
+        if name != "mixture":
+            return [(name, functools.partial(make_tool_env, name, **args), 1.0, 1.0)]
+        from lckernels_rl.envs.mixture import MixtureEnv
+
+        mix = MixtureEnv(**args)
+        return [(s["name"], functools.partial(make_tool_env, name, **{**args, "only": s["name"]}), s["weight"],
+                 s["oversample"]) for s in mix.specs if s["weight"] > 0]
 
     def _sync_driver_envs(self) -> None:
+        new = {label: make for label, make, _, _ in self._driver_domains()}
         for d in self.driver.domains:
-            d.make_env = self._driver_make_env()
+            d.make_env = new[d.name]
 
     def _init_from(self) -> dict | None:
         """``model.init_from``: the earlier run's tokenizer and model weights (ConfigError if unusable)."""
@@ -305,7 +316,10 @@ class Trainer:
         inflight = r.max_inflight or (r.max_staleness + 1) * groups
         kw = {"num_workers": r.num_workers} if r.executor == "ray" else {"max_workers": inflight * size}
         executor = make_executor(r.executor, env_timeout_s=r.env_timeout_s, **kw)
-        return RolloutDriver("async", domains=[Domain(cfg.task.env, self._driver_make_env(), self.pool)],
+        specs = self._driver_domains()
+        domains = [Domain(label, make, PromptPool(make, cfg.task.train_size) if len(specs) > 1 else self.pool,
+                          weight=w, oversample=o) for label, make, w, o in specs]
+        return RolloutDriver("async", domains=domains,
                              run_episode=lambda env, seed: self._loop(self.engine, cfg.rl.temperature).run(env, None,
                                                                                                            seed),
                              rng=self.rng, batch_groups=groups, group_size=size, max_staleness=r.max_staleness,

@@ -294,3 +294,30 @@ def test_trainer_async_mode_and_resume(tmp_path):
         tr2.close()
     assert [r["driver_version"] for r in more] == [2]
     assert fit_rl_rows  # the shared helper stays importable
+
+
+def test_trainer_async_mixture_builds_one_domain_per_environment(tmp_path):
+    """task.env: mixture in async mode: one DORA domain per environment with weight > 0 (weight and oversample from
+    the spec), each its own task pool; the groups of a step come from the domains."""
+    from lckernels_rl.train import Trainer
+
+    from .tiny import tiny_config
+
+    envs = [{"env": "arithmetic", "args": {"max_value": 9}, "weight": 1.0, "oversample": 3.0},
+            {"env": "kv_lookup", "weight": 1.0}, {"env": "kv_lookup", "name": "kv_off", "weight": 0.0}]
+    cfg = tiny_config(tmp_path, task={"env": "mixture", "env_args": {"envs": envs}, "train_size": 16, "eval_size": 0},
+                      agent={"tools_in_prompt": False, "max_turns": 2},
+                      rl={"steps": 1, "prompts_per_step": 2, "rollouts_per_step": 4, "max_new_tokens": 3},
+                      rollout={"mode": "async", "max_staleness": 0}, log={"eval_every": 0})
+    tr = Trainer(cfg)
+    try:
+        doms = tr.driver.domains
+        assert [(d.name, d.weight, d.oversample) for d in doms] == [("arithmetic", 1.0, 3.0), ("kv_lookup", 1.0, 1.0)]
+        assert doms[0].pool is not doms[1].pool and doms[0].pool.size == 16
+        envs_built = [d.make_env() for d in doms]
+        assert [e.labels[e.only] for e in envs_built] == ["arithmetic", "kv_lookup"]
+        assert {e.reset(seed=s)[1]["domain"] for e in envs_built[1:] for s in range(8)} == {"kv_lookup"}
+        rows = [r for r in tr.fit() if r["phase"] == "rl"]
+    finally:
+        tr.close()
+    assert len(rows) == 1 and rows[0]["rollouts"] > 0
