@@ -713,7 +713,7 @@ class Trainer:
 
 def _hian_no_scalar(rewards, group_index):
     raise ConfigError("rl.advantage=hian gives per-token advantages from turn rewards; this objective computes its own "
-                      "advantages from a scalar estimator (ObjectiveContext.advantage_fn): use rl.advantage grpo with it")
+                      "advantages from a scalar estimator (ObjectiveContext.advantage_fn): give it a scalar rl.advantage")
 
 
 def _k3(old: torch.Tensor, new: torch.Tensor, mask: torch.Tensor) -> float:
