@@ -15,9 +15,12 @@ Sources.
   capacity is positive.  Ours counts *groups* (a group = one task's ``group_size`` episodes, the unit the advantage
   needs whole): a group is admitted only if, after admitting it, ``accepted + running <= (max_staleness + version +
   1) * batch_groups`` and ``running <= max_inflight``.  ``accepted`` = groups finished so far (consumed or queued),
-  ``running`` = groups with an episode still going, ``version`` = batches handed to the trainer (= weight updates;
-  the trainer updates once per batch).  So no group is admitted while the policy is more than ``max_staleness``
-  updates behind the batch it will land in, and finished groups are never discarded.
+  ``running`` = groups with an episode still going, ``version`` = weight updates done (bumped when
+  :meth:`RolloutDriver.weight_sync` exits, *not* when a batch is handed out: a batch handed out is trained by the
+  current version, and counting it early would let the groups admitted during that update land one version
+  staler than the bound).  So every token of a group admitted at version ``w`` lands in a batch ``<= w +
+  max_staleness`` and is trained by a policy at most ``max_staleness`` updates newer than the one that sampled it;
+  finished groups are never discarded.
 
 Modes.
 
@@ -311,20 +314,30 @@ class RolloutDriver:
                 self._cv.notify_all()
 
     @contextlib.contextmanager
-    def weight_sync(self):
-        """Pause admission and generation while the trainer updates and loads weights (async; a no-op in sync)."""
+    def weight_sync(self, updated: bool = True):
+        """Pause admission and generation while the trainer updates and loads weights (async; a no-op in sync).
+
+        On a normal exit with ``updated`` (the default) the driver's version -- the number of weight updates, AReaL's
+        ``version`` -- goes up by one, and admission resumes under the new bound.  The trainer calls this once per
+        batch it trained on, a skipped (no trainable samples) batch included, so every batch handed out by
+        :meth:`next` is followed by exactly one bump.  ``updated=False`` only pauses (evaluation on the live
+        model)."""
         if self.mode == "sync":
             yield
             return
         with self._cv:
             self._paused = True
         lock = self.engine.lock if self.engine is not None else contextlib.nullcontext()
+        ok = False
         try:
             with lock:
                 yield
+            ok = True
         finally:
             with self._cv:
                 self._paused = False
+                if ok and updated:
+                    self.version += 1
                 if self._started:  # nothing is admitted before the first batch is asked for
                     self._fill()
 
@@ -339,14 +352,17 @@ class RolloutDriver:
             self._started = True
             self._fill()
             while len(self._done) < self.batch_groups and self._error is None:
+                if self.running == 0 and not self._allows():
+                    raise RuntimeError(
+                        f"RolloutDriver: no group can be admitted at version {self.version} (staleness bound "
+                        f"{self.max_staleness}, {self.accepted} groups accepted) and none is running: call "
+                        f"`weight_sync()` after training on each batch from next() -- it counts the weight update")
                 self._cv.wait(0.5)
             if self._error is not None:
                 raise RuntimeError(f"RolloutDriver: an episode raised outside its environment: "
                                    f"{self._error!r}") from self._error
             take, self._done = self._done[:self.batch_groups], self._done[self.batch_groups:]
-            version = self.version
-            self.version += 1
-            self._fill()
+            version = self.version  # the weight updates so far: the policy that will train on this batch
             in_flight = self.running
         trajs, gids, counts = [], [], []
         for g in take:

@@ -325,11 +325,12 @@ class Trainer:
                              rng=self.rng, batch_groups=groups, group_size=size, max_staleness=r.max_staleness,
                              max_inflight=inflight, executor=executor, scheduler=DoraScheduler(r.max_copies))
 
-    def _weight_sync(self):
-        """async: pause admission and generation while the weights change (a no-op context in sync mode)."""
+    def _weight_sync(self, updated: bool = True):
+        """async: pause admission and generation while the weights change, and count the update (``updated``) for
+        the driver's staleness bound (a no-op context in sync mode)."""
         import contextlib
 
-        return self.driver.weight_sync() if self.driver is not None else contextlib.nullcontext()
+        return self.driver.weight_sync(updated) if self.driver is not None else contextlib.nullcontext()
 
     def _run_sampling(self, episodes) -> list:
         return self._loop(self.engine, self.config.rl.temperature).run_batch(episodes)
@@ -480,7 +481,8 @@ class Trainer:
         """Train on one set of rollout groups (up to ``rl.reuse`` updates), sync the engine; the step's metrics."""
         c = self.config.rl
         if not groups.samples:  # every episode crashed (or sampled nothing): nothing to learn from this step
-            self.engine.sync_weights(self.model)
+            with self._weight_sync():  # still a step: the version (and so the driver's bound) moves on
+                self.engine.sync_weights(self.model)
             r = [t.reward for t in groups.trajectories]
             return {"updates": 0, "rollouts": 0, "response_tokens": 0, "time_rollout_s": t_rollout,
                     "reward_mean": float(np.mean(r)) if r else 0.0, "tokens_per_s": 0.0,
@@ -584,7 +586,7 @@ class Trainer:
         backend = HFGenerateBackend(self.model, eos_token_id=self.eos_id, pad_token_id=self.pad_id, greedy=True)
         engine = BackendEngine(backend, stop_token_ids=self.renderer.stop_token_ids)
         eps = [Episode(self.make_eval_env(), None, self.eval_pool.seed(i)) for i in range(self.eval_pool.size)]
-        with self._weight_sync():  # async: no background turn generates on the model meanwhile
+        with self._weight_sync(updated=False):  # async: no background turn generates on the model meanwhile
             trajs = self._loop(engine).run_batch(eps)
         acc = float(np.mean([t.reward for t in trajs]))
         names = sorted({k for t in trajs for k in t.components})

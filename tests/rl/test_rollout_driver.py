@@ -101,13 +101,59 @@ def test_admission_stops_at_the_bound_and_resumes_after_a_batch(tok):
             drv._fill()
         assert drv.running == 4  # (1 + 0 + 1) * 2, everything held at its first step
         gate.set()
-        drv.next(0)
+        res = drv.next(0)
+        assert res.metrics["driver_version"] == 0
+        time.sleep(0.2)
+        # handing the batch out is not an update: 2 consumed + 2 finished = (1 + 0 + 1) * 2, nothing new admitted
+        assert len(drv.admitted_log) == 4 and drv.version == 0
+        with drv.weight_sync():  # the update of batch 0: version 1, (1 + 1 + 1) * 2 = 6
+            pass
         deadline = time.time() + 10
-        while len(drv.admitted_log) < 6 and time.time() < deadline:  # version 1: (1 + 1 + 1) * 2 = 6
+        while len(drv.admitted_log) < 6 and time.time() < deadline:
             time.sleep(0.01)
-        assert len(drv.admitted_log) == 6
+        time.sleep(0.1)
+        assert len(drv.admitted_log) == 6 and drv.version == 1
         for accepted, running, version in drv.admission_trace:
             assert accepted + running <= (1 + version + 1) * 2 and running <= 4
+        with drv.weight_sync(updated=False):  # a pause (evaluation): no update counted
+            pass
+        assert drv.version == 1
+    finally:
+        drv.close()
+
+
+@pytest.mark.parametrize("s", [0, 1, 2])
+def test_groups_land_within_the_staleness_bound(tok, s):
+    """Every batch handed out at version v (v updates done) holds only groups admitted at version >= v - s, and
+    at s = 0 nothing is admitted between a hand-out and its update (the rollouts wait for the trainer)."""
+    drv, engine = make_driver(tok, env_kwargs={"delay": 0.002}, B=2, G=2, s=s)
+    try:
+        for step in range(5):
+            res = drv.next(step)
+            v = res.metrics["driver_version"]
+            assert v == step
+            admits = [t.metrics["admit_version"] for t in res.trajectories]
+            assert min(admits) >= v - s and res.metrics["group_staleness_max"] <= s
+            if s == 0:
+                n = len(drv.admitted_log)
+                time.sleep(0.05)
+                assert len(drv.admitted_log) == n == 2 * (step + 1)
+            time.sleep(0.03)  # the trainer preparing the batch: groups admitted now sample on the current weights
+            with drv.weight_sync():
+                engine.sync_weights(None)
+            for t in res.trajectories:  # every sampled token: at most s updates older than the training policy
+                vers = [seg.version for seg in t.segments if seg.trainable]
+                assert engine.version - 1 - min(vers) <= s
+    finally:
+        drv.close()
+
+
+def test_next_without_weight_sync_raises_instead_of_hanging(tok):
+    drv, _ = make_driver(tok, B=2, G=1, s=0)
+    try:
+        drv.next(0)
+        with pytest.raises(RuntimeError, match="weight_sync"):
+            drv.next(1)
     finally:
         drv.close()
 
