@@ -22,6 +22,7 @@ _REGISTRY: dict[str, object] = {
     "arithmetic": ".arithmetic:ArithmeticEnv",
     "kv_lookup": ".kv_lookup:KVLookupEnv",
     "trust_sql": ".trust_sql:TrustSQLEnv",
+    "vita_personal": ".memory.vita:VitaPersonalEnv",
     "mixture": ".mixture:MixtureEnv",
     "tool_domains": ".tool_domains:ToolDomainEnv",
     "pc_state": ".pc_state:PCStateEnv",

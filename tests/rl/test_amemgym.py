@@ -16,6 +16,8 @@ from lckernels_rl.envs.memory.amemgym import AMemGymEnv, parse_memory  # noqa: E
 from lckernels_rl.models import build_char_tokenizer  # noqa: E402
 from lckernels_rl.train.sources import DemonstrationEngine  # noqa: E402
 
+from .tiny import run_scripted  # noqa: E402
+
 # two variables, three periods: drink changes at period 1, diet at period 2; one question per period
 TASK = {
     "schema": {"diet": ["vegan", "fish", "meat"], "drink": ["tea", "coffee", "juice"]},
@@ -30,14 +32,7 @@ TASK = {
 
 
 def _run(env, turns, task=TASK):
-    """Reset on ``task``, step the hand-written turns; returns (verdict, step results)."""
-    env.reset(task=task)
-    out = []
-    for t in turns:
-        out.append(env.step(Message("assistant", t)))
-        if out[-1].terminated:
-            break
-    return env.verify(None), out
+    return run_scripted(env, turns, task)
 
 
 def _env(**kw):

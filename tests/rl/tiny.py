@@ -54,3 +54,17 @@ def bundled_smoke_config(name: str, tmp_path, *overrides: str, model: dict | Non
             "task.train_size=8", "task.eval_size=2", "sft.steps=1", "sft.batch_size=2", "rl.steps=2",
             "rl.prompts_per_step=2", "rl.rollouts_per_step=4"]
     return load_config(name, base + list(overrides))
+
+
+def run_scripted(env, turns, task):
+    """Reset ``env`` on ``task`` and step the hand-written assistant ``turns`` until it terminates; returns
+    ``(verdict, step results)`` (the shared driver of the memory environments' hand-made episodes)."""
+    from lckernels_rl.agents import Message
+
+    env.reset(task=task)
+    out = []
+    for t in turns:
+        out.append(env.step(Message("assistant", t)))
+        if out[-1].terminated:
+            break
+    return env.verify(None), out
