@@ -7,7 +7,10 @@
    fake_mv -- four kinds are false success claims); precision / recall / F1 of both rule-based judges, and each
    judge's accuracy per trajectory kind.
 3. RL (``--rl``): the bundled ``pc_state`` config with a small budget: greedy success after the warm-up and after
-   GRPO, with the false-claim rate (``done`` said while the verifier fails).
+   GRPO, with the false-claim rate (``done`` said while the verifier fails); the greedy episodes' tool-call
+   rate / tool errors / parse errors, the sampled rollouts' tool-call rate per RL step, and the tokenizer's
+   coverage of the demonstrations (``<unk>`` fraction, calls that survive encode -> decode) -- the checks that
+   diagnosed issue 13 part 3's "RL makes no tool calls".
 
     python examples/pc_state_judges.py --seeds 0 1 2 --tasks 40 --rl --sft-steps 150 --rl-steps 8
 """
@@ -46,20 +49,46 @@ def judges_part(seed: int, n: int, flaw_rate: float) -> dict:
             "scores": scores, "per_kind": {k: dict(v) for k, v in per_kind.items()}}
 
 
+def tokenizer_coverage(tr, n: int = 64) -> dict:
+    """How much of the warm-up's text the trainer's tokenizer can hold: the fraction of ``<unk>`` ids in the
+    demonstrated turns and prompts of ``n`` tasks, and whether a demonstrated call survives encode -> decode (the
+    diagnosis of issue 13 part 3: a char tokenizer without the env's alphabet turned ``@mv(...)`` into ``<unk>`` s)."""
+    tok, env = tr.tokenizer, tr.make_env()
+    unk = tok.unk_token_id
+    ids: list = []
+    calls_kept = 0
+    for i in range(n):
+        msgs, _ = env.reset(seed=10**8 + i)
+        demo = env.demonstration(msgs)
+        for text in (msgs[0].content, demo):
+            ids += tok(text, add_special_tokens=False)["input_ids"]
+        back = tok.decode(tok(demo, add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+        calls_kept += int(back == demo)
+    return {"unk_frac": round(sum(i == unk for i in ids) / max(len(ids), 1), 4), "calls_round_trip": calls_kept / n,
+            "vocab": len(tok), "max_new_tokens": tr.config.rl.max_new_tokens}
+
+
 def rl_part(seed: int, sft_steps: int, rl_steps: int, eval_size: int, extra: list[str],
             out_dir="runs/pc_state_demo") -> dict:
     t0 = time.perf_counter()
     over = _demo.overrides(seed, sft_steps, rl_steps, eval_size, 0, Path(out_dir) / f"seed{seed}") + extra
 
     def measure(tr) -> tuple:
-        return round(float(tr.evaluate()), 4), {k: round(v, 4) for k, v in tr.eval_components.items()}
+        acc, m = tr.evaluate(return_metrics=True)  # greedy
+        keep = {k: round(float(v), 4) for k, v in m.items() if k.startswith(("tool_", "stop_", "parse_", "turns"))}
+        return round(float(acc), 4), {k: round(v, 4) for k, v in tr.eval_components.items()}, keep
 
     with _demo.trainer("pc_state", over) as tr:
-        (s_sft, c_sft), (s_rl, c_rl), rows = _demo.warmup_then_rl(tr, sft_steps, measure)
-    out: dict = {"seed": seed, "success_after_sft": s_sft, "components_after_sft": c_sft,
-                 "success_after_rl": s_rl, "components_after_rl": c_rl}
+        coverage = tokenizer_coverage(tr)
+        (s_sft, c_sft, g_sft), (s_rl, c_rl, g_rl), rows = _demo.warmup_then_rl(tr, sft_steps, measure)
+    out: dict = {"seed": seed, "tokenizer": coverage, "success_after_sft": s_sft, "components_after_sft": c_sft,
+                 "greedy_episodes_after_sft": g_sft, "success_after_rl": s_rl, "components_after_rl": c_rl,
+                 "greedy_episodes_after_rl": g_rl}
     rl = [r for r in rows if r.get("phase") == "rl"]
     out["train_reward_per_step"] = [round(float(r.get("reward_mean", r.get("reward", float("nan")))), 3) for r in rl]
+    # sampled (temperature rl.temperature) rollouts: the first RL step samples from the warm-up's policy
+    out["sampled_tool_call_rate_per_step"] = [round(float(r.get("tool_call_rate", float("nan"))), 3) for r in rl]
+    out["sampled_stop_length_per_step"] = [int(r.get("stop_length", 0)) for r in rl]
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 

@@ -4,6 +4,7 @@ restricted verifier, visible tool errors, determinism per seed, and a trainer sm
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -208,16 +209,193 @@ def test_bad_input_names_the_argument():
 
 
 def test_config_smoke_through_the_trainer(tmp_path):
+    """The bundled config through the trainer (1 warm-up step, 2 RL steps), and issue 13 part 3's diagnosis: the RL
+    rollouts made no tool call because the default character tokenizer had no ``@ ( = ,`` or digits (the env had
+    no ``alphabet``) and ``rl.max_new_tokens`` (24) cut every ``mv`` / ``book`` / ``save`` call; then
+    ``agent.max_tool_output_tokens`` (16 characters) hid the calendar a ``cancel`` task must read.  With the
+    trainer's tokenizer and budgets the demonstrations decode back exactly, each calls a tool, sees whole tool
+    outputs, ends ``env_done`` and is verified."""
     pytest.importorskip("transformers")
-    from lckernels_rl.train import load_config
+    from lckernels_rl.train import Trainer, load_config
 
-    from .tiny import TINY_LONGCAT, fit_rl_rows
+    from .tiny import TINY_LONGCAT
 
     cfg = load_config("pc_state", [f"log.output_dir={tmp_path / 'run'}", "log.progress=false", "log.plots=false",
                                    "log.checkpoint_every=0", "log.eval_every=2", f"model.overrides={TINY_LONGCAT}",
                                    "task.train_size=8", "task.eval_size=2", "sft.steps=1", "sft.batch_size=2",
-                                   "rl.steps=2", "rl.prompts_per_step=2", "rl.rollouts_per_step=4",
-                                   "rl.max_new_tokens=8"])
-    rows = fit_rl_rows(cfg)
+                                   "rl.steps=2", "rl.prompts_per_step=2", "rl.rollouts_per_step=4"])
+    tr = Trainer(cfg)
+    try:
+        tok = tr.tokenizer
+        call_text = '@write(path=x1.txt, text="bread bills")'
+        assert tok.decode(tok(call_text, add_special_tokens=False)["input_ids"]) == call_text
+        assert tok.unk_token_id not in tok("note ab to cd.txt @mv(src=ab.txt, dst=cd.txt) gym d3, run d5")["input_ids"]
+        trajs = tr.demonstrations(range(20))
+        assert all(t.stop_reason == "env_done" for t in trajs), [t.stop_reason for t in trajs]
+        assert all(t.metrics["tool_calls"] >= 1 and t.metrics["parse_errors"] == 0 for t in trajs)
+        assert all(t.reward == 1.0 for t in trajs)
+        # ... and the agent sees whole tool outputs (the 16-token cap cut `cal`'s listing: cancel was unlearnable)
+        assert not any("[truncated]" in m.content for t in trajs for m in t.messages if m.role == "tool")
+        assert any(m.content.count(",") == 2 for t in trajs for m in t.messages if m.role == "tool")  # a 3-event cal
+        rows = [r for r in tr.fit() if r["phase"] == "rl"]
+    finally:
+        tr.close()
     assert [r["step"] for r in rows] == [2, 3]
-    assert "eval_accuracy" in rows[-1]
+    assert "eval_accuracy" in rows[-1] and "tool_call_rate" in rows[0]
+
+
+# ------------------------------------------------------------------ the verifier sandbox (a confined child process)
+
+HANG = "any(a == b for a in 'x' * 100000 for b in 'y' * 100000)"  # passes the AST gate: 10^10 comparisons
+MEMORY_BOMB = "len('x' * 1000000000) > 0"  # passes the AST gate: 1 GB > the child's 256 MiB address space
+
+
+def _snapshot(*dirs):
+    out = {}
+    for d in dirs:
+        for p in sorted(Path(d).rglob("*")):
+            if p.is_file():
+                out[str(p)] = p.read_bytes()
+            else:
+                out[str(p)] = None
+    return out
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    from lckernels_rl.envs.pc_state.sandbox import VerifierSandbox
+
+    with VerifierSandbox(timeout_s=0.5) as sb:
+        yield sb
+
+
+def test_hanging_and_memory_bomb_verifiers_are_zero_and_the_run_goes_on(sandbox):
+    st = PCState.from_dict(INIT)
+    r = run_verifier(HANG, st, sandbox=sandbox)
+    assert (r.passed, r.kind) == (False, "timeout")
+    assert r.error == "verifier timed out after 0.5 s (wall-time limit); its process was killed"
+    r = run_verifier(MEMORY_BOMB, st, sandbox=sandbox)
+    assert (r.passed, r.kind, r.error) == (False, "raised", "verifier raised MemoryError: ")
+    starts = sandbox.starts
+    assert run_verifier(GOOD_MV, PCState(files={"ef.txt": "milk"}), sandbox=sandbox).passed  # a new child answers
+    assert run_verifier(GOOD_MV, PCState(files={"ef.txt": "tea"}), sandbox=sandbox).kind == "ok"
+    assert sandbox.starts == starts  # the memory error did not cost the child; the good jobs reused it
+
+
+def test_env_scores_a_hanging_verifier_zero_with_its_reason():
+    env = PCStateEnv(verifier_timeout_s=0.5)
+    t = episode(env, mv_task(HANG), [A("x", call("mv", src="ab.txt", dst="ef.txt")), A("done")])
+    v = env.verify(t)
+    assert v.reward == 0.0 and v.components["verifier_error"] == 1.0 and v.components["state_changed"] == 1.0
+    assert v.info["verifier_outcome"] == "timeout" and v.info["reason"].startswith("verifier timed out after 0.5 s")
+    good = episode(env, mv_task(), [A("x", call("mv", src="ab.txt", dst="ef.txt")), A("done")])
+    assert env.verify(good).reward == 1.0 and env.verify(good).info["verifier_outcome"] == "ok"
+    with pytest.raises(ValueError, match="verifier_timeout_s"):
+        PCStateEnv(verifier_timeout_s=0)
+
+
+def _malicious(victim):
+    v = str(victim)
+    # program -> the AST gate's reason (its first disallowed node, outermost first); each program gets past the
+    # pure builtins in the child: `len.__self__` is the builtins module
+    return {
+        f"len.__self__.open({v!r}, 'w').write('pwned') > 0": "disallowed attribute 'write'",  # writes a file
+        f"len.__self__.__import__('os').remove({v!r}) is None": "disallowed attribute 'remove'",  # imports os
+        ("[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == '_wrap_close'][0]"
+         f".__init__.__globals__['system']('rm -f {v}') == 0"): "disallowed attribute '__globals__'",  # a shell
+        f"len.__self__.open({v + '.new'!r}, 'x') is None": "disallowed attribute 'open'",  # creates a file
+        "len.__self__.__import__('socket') is None": "disallowed attribute '__import__'",  # a module not loaded yet
+    }
+
+
+def test_malicious_verifiers_are_rejected_by_the_gate_and_confined_in_the_child(sandbox, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    before = _snapshot(tmp_path, Path.cwd() / "lckernels_rl" / "envs" / "pc_state")
+    st = PCState.from_dict(INIT)
+    # what each program attempts first, by hand: `os` is already loaded in the child, so importing it again raises
+    # no "import" event -- its `remove` is what is refused; `socket` is not loaded, so its import is refused
+    events = iter(["open", "os.remove", "os.system", "open", "import"])
+    for prog, why in _malicious(victim).items():
+        r = run_verifier(prog, st, sandbox=sandbox)  # the first gate: the AST whitelist
+        assert (r.passed, r.kind, r.error) == (False, "rejected", f"rejected program: ValueError: {why}")
+        starts = sandbox.starts
+        res = sandbox.run(prog, st.to_dict())  # the gate bypassed: the child's audit hook refuses the operation
+        event = next(events)
+        assert (res.passed, res.kind, res.denied) == (False, "forbidden", [event]), (prog, res)
+        assert res.error == f"verifier raised RuntimeError: forbidden operation in a verifier: {event}"
+        assert sandbox.run("True", {}).passed and sandbox.starts == starts + 1  # a probing child is not reused
+    assert _snapshot(tmp_path, Path.cwd() / "lckernels_rl" / "envs" / "pc_state") == before
+    assert victim.read_text() == "keep"
+
+
+def test_kernel_layers_alone_make_the_writes_impossible(tmp_path):
+    """Audit hook off: Landlock (or, without it, the dropped root uid / RLIMIT_NOFILE) still stops every write."""
+    from lckernels_rl.envs.pc_state.sandbox import VerifierSandbox
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    before = _snapshot(tmp_path)
+    with VerifierSandbox(timeout_s=2.0, audit_hook=False) as sb:
+        first = sb.run("True", {})
+        assert first.passed and sb.layers["audit_hook"] == "off"
+        if not str(sb.layers.get("landlock", "")).startswith("abi"):
+            pytest.skip(f"no Landlock here: {sb.layers}")
+        # by hand: a new descriptor is refused by RLIMIT_NOFILE (errno 24) before Landlock sees the open; a path
+        # operation (unlink) by Landlock (errno 13); a process by RLIMIT_NPROC after the uid drop (os.system's
+        # fork fails: a non-zero status, so the program is False; os.fork raises EAGAIN)
+        expected = ["[Errno 24] Too many open files", "[Errno 13] Permission denied", None,
+                    "[Errno 24] Too many open files", "[Errno 24] Too many open files"]
+        progs = list(_malicious(victim)) + ["len.__self__.__import__('os').fork() > 0"]
+        expected.append("verifier raised BlockingIOError: [Errno 11] Resource temporarily unavailable")
+        for prog, err in zip(progs, expected):
+            res = sb.run(prog, {})
+            assert not res.passed and res.kind == ("ok" if err is None else "raised"), (prog, res)
+            assert err is None and res.error is None or err in res.error, (prog, res.error)
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_misbehaving_worker_is_a_zero_with_its_reason():
+    import sys
+
+    from lckernels_rl.envs.pc_state.sandbox import VerifierSandbox
+
+    py = [sys.executable, "-I", "-c"]
+    ready = "import sys; print('{\"ready\": true}', flush=True); sys.stdin.readline(); "
+    cases = [
+        (ready + "print('lol', flush=True); sys.stdin.readline()", "garbage",
+         "verifier process replied garbage: b'lol'"),
+        (ready + "print('{\"id\": 99, \"passed\": true}', flush=True); sys.stdin.readline()", "garbage",
+         "verifier process replied garbage: b'{\"id\": 99, \"passed\": true}'"),
+        (ready + "import os; os._exit(3)", "crashed", "verifier process ended without a verdict (exit code 3)"),
+        ("print('hello', flush=True)", "unavailable",
+         "verifier sandbox unavailable: the worker's first line is not a ready message: b'hello'"),
+    ]
+    for code, kind, reason in cases:
+        with VerifierSandbox(timeout_s=2.0, worker_argv=py + [code]) as sb:
+            res = sb.run("True", {})
+            assert (res.passed, res.kind, res.error) == (False, kind, reason), code
+
+
+def test_fresh_child_per_job_mode_and_bad_arguments():
+    from lckernels_rl.envs.pc_state.sandbox import VerifierSandbox
+
+    with VerifierSandbox(reuse=False) as sb:
+        assert sb.run("s['files'].get('a') == 'x'", {"files": {"a": "x"}}).passed
+        assert not sb.run("answer == 'done'", {}, "no").passed
+        assert sb.starts == 2 and sb._proc is None
+    for kw, name in (({"timeout_s": 0}, "timeout_s"), ({"memory_mb": 1}, "memory_mb"),
+                     ({"start_timeout_s": "x"}, "start_timeout_s")):
+        with pytest.raises(ValueError, match=name):
+            VerifierSandbox(**kw)
+
+
+def test_generated_tasks_are_memoized_without_changing_stats_or_sharing_objects():
+    g = TaskGenerator(hints=("save",), flaw_rate=1.0, max_drafts=4)
+    t1 = g.generate(5)
+    once = dict(g.stats)
+    t1.initial["files"]["zz.txt"] = "edited"  # the caller's copy only
+    t2 = g.generate(5)
+    assert "zz.txt" not in t2.initial["files"] and t2.verifier == t1.verifier
+    assert dict(g.stats) == {k: 2 * v for k, v in once.items()}
+    assert once["drafted"] == 4 and once["accepted"] == 1  # flaw_rate 1: three flawed drafts, then the good one

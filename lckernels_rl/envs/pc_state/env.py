@@ -11,14 +11,18 @@ final answer (the episode ends).  A malformed call, an unknown tool or a tool th
 
 Reward (:meth:`PCStateEnv.verify`): the task's accepted verifier on the **final state** with the final answer text
 (``""`` when the episode ended without one: the state is scored whatever the stop reason).  1.0 when it passes, else
-0.0.  A verifier that raises gives 0.0 with ``components["verifier_error"] = 1`` and the reason in
-``info["reason"]``.  Components: ``verified`` (the reward), ``state_changed`` (the final digest differs from the
-initial one), ``claimed`` (the final answer contains ``done``), ``false_claim`` (claimed and not verified),
-``verifier_error``.
+0.0.  The verifier runs behind the AST whitelist in a confined child process with a wall-time limit
+(:mod:`.sandbox`); one that raises, hangs, exhausts its memory, attempts a forbidden operation, kills its process
+or replies garbage gives 0.0 with ``components["verifier_error"] = 1``, the reason in ``info["reason"]`` and the
+outcome (``raised`` / ``timeout`` / ``forbidden`` / ``crashed`` / ``garbage`` / ``rejected`` / ``unavailable``) in
+``info["verifier_outcome"]``; the run goes on.  Components: ``verified`` (the reward), ``state_changed`` (the
+final digest differs from the initial one), ``claimed`` (the final answer contains ``done``), ``false_claim``
+(claimed and not verified), ``verifier_error``.  (Task generation validates drafts with the default limits.)
 """
 
 from __future__ import annotations
 
+import string
 from typing import Any, ClassVar, Optional, Sequence
 
 from lckernels_rl.agents.types import Message
@@ -39,6 +43,8 @@ class PCStateEnv(ToolEnv):
         flaw_rate: probability of each flawed verifier draft (validation rejects them).
         max_drafts: drafts per task before it is dropped and regenerated.
         tool_format: the tool-call format of the demonstrations (a registered parser name).
+        verifier_timeout_s: wall-time limit of one verification in the sandbox process (:mod:`.sandbox`).
+        verifier_memory_mb: address-space limit of the sandbox process.
 
     Example:
         >>> env = PCStateEnv(hints=("rm",))
@@ -51,12 +57,23 @@ class PCStateEnv(ToolEnv):
     blocking = False  # dict operations
     concurrent_tools = False  # writes to one state: keep call order
     protocol_tokens: ClassVar[tuple[str, ...]] = ()  # the compact format has no tags
+    # every character a prompt, a call, a tool output or an answer can hold: the trainer's default character-level
+    # tokenizer is built from it.  Without it (before issue 13 part 3's fix) that tokenizer held only the characters
+    # of "[truncated]": "@", "(", "=", digits ... were <unk>, dropped when a turn was decoded, so no call could parse.
+    alphabet: ClassVar[str] = string.ascii_letters + string.digits + string.punctuation + " \n"
 
     def __init__(self, hints: Sequence[str] = HINTS, flaw_rate: float = 0.5, max_drafts: int = 3,
-                 tool_format: str = "compact"):
+                 tool_format: str = "compact", verifier_timeout_s: float = 2.0, verifier_memory_mb: int = 256):
         if isinstance(hints, str):
             hints = (hints,)
         from lckernels_rl.agents.parsers import get_parser
+
+        if isinstance(verifier_timeout_s, bool) or not isinstance(verifier_timeout_s, (int, float)) \
+                or not verifier_timeout_s > 0:
+            raise ValueError(f"PCStateEnv: `verifier_timeout_s` must be a positive number; got {verifier_timeout_s!r}")
+        if isinstance(verifier_memory_mb, bool) or not isinstance(verifier_memory_mb, int) or verifier_memory_mb < 64:
+            raise ValueError(f"PCStateEnv: `verifier_memory_mb` must be an int >= 64; got {verifier_memory_mb!r}")
+        self.verifier_limits = (float(verifier_timeout_s), int(verifier_memory_mb))
 
         self.generator = TaskGenerator(tuple(hints), flaw_rate=flaw_rate, max_drafts=max_drafts)
         self.tool_format = tool_format
@@ -65,6 +82,14 @@ class PCStateEnv(ToolEnv):
         self.task: Optional[Task] = None
         self.initial_digest = self.pc.digest()
         self.tools = make_tools(lambda: self.pc)
+
+    @property
+    def sandbox(self):
+        """The process-wide verifier sandbox with this env's limits (looked up at each use, not held: one child per
+        process and limits, however many environments -- one per episode -- there are)."""
+        from .sandbox import default_sandbox
+
+        return default_sandbox(*self.verifier_limits)
 
     # ---------------------------------------------------------------- episode
     def reset(self, seed: Optional[int] = None, task: Any = None) -> tuple[list[Message], dict]:
@@ -85,14 +110,14 @@ class PCStateEnv(ToolEnv):
         last = trajectory.messages[-1] if trajectory.messages else None
         final = last.content.strip() if (last is not None and last.role == "assistant" and not last.tool_calls) \
             else ""
-        res = run_verifier(self.task.verifier, self.pc, final)
+        res = run_verifier(self.task.verifier, self.pc, final, sandbox=self.sandbox)
         ok = float(res.passed)
         claimed = float(CLAIM_TEXT in final.lower())
         comps = {"verified": ok, "state_changed": float(self.pc.digest() != self.initial_digest),
                  "claimed": claimed, "false_claim": float(claimed and not ok),
                  "verifier_error": float(res.error is not None)}
         info = {"reason": res.error or ("verified" if ok else "final state fails the verifier"),
-                "verifier": self.task.verifier}
+                "verifier": self.task.verifier, "verifier_outcome": res.kind}
         return Verdict(reward=ok, components=comps, info=info)
 
     def state(self) -> dict:

@@ -28,10 +28,12 @@ parsed with :mod:`ast` and rejected before running if they contain anything but 
 ``answer`` / a few pure builtins (``len``, ``sorted``, ``any``, ``all``, ``set``, ``sum``, ``min``, ``max``,
 ``str``, ``int``, ``bool``), comparisons, boolean/arithmetic operators, subscripts, comprehensions, and the methods
 ``get keys values items lower strip split startswith endswith count``; no attribute starting with ``_``, no
-``while``, no ``lambda``, no imports (an expression cannot hold statements).  The state is a ``MappingProxyType``
-view, so no write is possible.  A program that does not parse, uses something outside that list, raises, or
-returns a non-bool yields ``passed=False`` with the reason.  Not a sandbox against hostile code (no time limit:
-the allowed constructs only iterate over the small state).
+``while``, no ``lambda``, no imports (an expression cannot hold statements).  That whitelist is only the first
+gate: a whitelisted program can still hang (``any(a == b for a in 'x' * 100000 for b in 'y' * 100000)``) or
+exhaust memory (``'x' * 1000000000``), so every program then runs in the confined child process of
+:mod:`.sandbox` (a wall-time limit, rlimits, Landlock, an audit hook, a read-only state).  A program that does not
+parse, uses something outside the list, raises, hangs, exhausts its limits, attempts a forbidden operation or
+returns a non-bool yields ``passed=False`` with the reason (``VerifierResult.kind`` says which).
 
 **Drafts.**  :func:`generate_task` writes ``k`` flawed drafts (``k`` drawn per task: each further flaw with
 probability ``flaw_rate``, at most 3) before the good one, and validates them in order; the first accepted one is
@@ -46,13 +48,16 @@ Counters: ``drafted``, ``accepted``, ``rejected``, ``rejected_reference``, ``rej
 from __future__ import annotations
 
 import ast
-from collections import Counter
+import copy
+import threading
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .state import PCState, freeze
+from ._verifier_worker import SAFE_BUILTINS
+from .state import PCState
 from .tools import DAYS, make_tools
 
 __all__ = ["HINTS", "FLAWS", "Task", "VerifierResult", "AcceptReport", "run_verifier", "accept_verifier",
@@ -63,8 +68,7 @@ FLAWS = ("vacuous", "claim", "strict", "raising")
 CLAIM_TEXT = "done"
 _EVENTS = ("gym", "run", "yoga", "lunch", "call", "exam", "trip", "dentist", "party", "class")
 _WORDS = ("milk", "eggs", "tea", "rent", "plan", "memo", "list", "bread", "keys", "ideas", "todo", "bills")
-_SAFE_BUILTINS = {"len": len, "sorted": sorted, "any": any, "all": all, "set": set, "sum": sum, "min": min,
-                  "max": max, "str": str, "int": int, "bool": bool, "True": True, "False": False, "None": None}
+_SAFE_BUILTINS = SAFE_BUILTINS  # the names a program may call; the child evaluates with exactly these
 _SAFE_METHODS = {"get", "keys", "values", "items", "lower", "strip", "split", "startswith", "endswith", "count"}
 _ALLOWED_NODES = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.BinOp, ast.Add,
                   ast.Sub, ast.Mult, ast.Compare, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In,
@@ -122,8 +126,13 @@ class Task:
 
 @dataclass
 class VerifierResult:
+    """``passed``; ``error``: the reason when the program did not run to a bool; ``kind``: ``ok``, ``rejected``
+    (the AST gate), or the sandbox's ``raised`` / ``forbidden`` / ``timeout`` / ``crashed`` / ``garbage`` /
+    ``unavailable``."""
+
     passed: bool
     error: Optional[str] = None
+    kind: str = "ok"
 
 
 def _check_program(program: str) -> ast.Expression:
@@ -146,21 +155,22 @@ def _check_program(program: str) -> ast.Expression:
     return tree
 
 
-def run_verifier(program: str, state: Any, answer: str = "") -> VerifierResult:
-    """Evaluate ``program`` on ``state`` (a :class:`PCState` or its dict) and ``answer``; never raises."""
+def run_verifier(program: str, state: Any, answer: str = "", *, sandbox=None) -> VerifierResult:
+    """Evaluate ``program`` on ``state`` (a :class:`PCState` or its dict) and ``answer``; never raises.
+
+    First gate: the AST whitelist (:func:`_check_program`), in this process.  Then the program runs in the
+    confined child process of ``sandbox`` (default: the process-wide :func:`~.sandbox.default_sandbox`) with a
+    wall-time limit; whatever it does there -- raise, hang, exhaust memory, try a file, a module, a process -- comes
+    back as ``passed=False`` with the reason."""
     try:
-        tree = _check_program(program)
+        _check_program(program)
+        st = state if isinstance(state, PCState) else PCState.from_dict(state)
     except (SyntaxError, ValueError, TypeError) as e:
-        return VerifierResult(False, f"rejected program: {type(e).__name__}: {e}")
-    try:
-        frozen = freeze(state if isinstance(state, PCState) else PCState.from_dict(state))
-        env = {"__builtins__": {}, **_SAFE_BUILTINS, "s": frozen, "answer": str(answer or "")}
-        out = eval(compile(tree, "<verifier>", "eval"), env)  # noqa: S307 -- AST-whitelisted above
-    except Exception as e:  # a raising verifier is a 0 with its reason, never a crash
-        return VerifierResult(False, f"verifier raised {type(e).__name__}: {e}")
-    if not isinstance(out, bool):
-        return VerifierResult(False, f"verifier returned {type(out).__name__}, expected bool")
-    return VerifierResult(out)
+        return VerifierResult(False, f"rejected program: {type(e).__name__}: {e}", "rejected")
+    from .sandbox import default_sandbox
+
+    res = (sandbox or default_sandbox()).run(program, st.to_dict(), str(answer or ""))
+    return VerifierResult(res.passed, res.error, res.kind)
 
 
 def apply_calls(state: PCState, calls: Sequence[tuple[str, dict]]) -> list[str]:
@@ -328,6 +338,11 @@ def generate_task(hint: str, seed: int, *, flaw_rate: float = 0.5, max_drafts: i
     return None
 
 
+_CACHE: "OrderedDict[tuple, tuple[dict, Counter]]" = OrderedDict()
+_CACHE_SIZE = 16384  # tasks (a few KiB each)
+_CACHE_LOCK = threading.Lock()
+
+
 class TaskGenerator:
     """Draws tasks over ``hints`` (the hint drawn from the seed); a dropped task is regenerated with the next
     sub-seed (up to ``max_tries``).  ``stats`` accumulates :func:`generate_task`'s counters."""
@@ -343,12 +358,35 @@ class TaskGenerator:
         self.stats: Counter = Counter()
 
     def generate(self, seed: int) -> Task:
+        """The task of ``seed``.  Memoized per process (:data:`_CACHE`, keyed by the generator's settings and the
+        seed): every episode's reset regenerates its task, and validating the drafts costs up to nine verifier runs
+        in the sandbox process; a cached task adds the counters its generation added, so ``stats`` reads the same
+        either way."""
         seed = 0 if seed is None else int(seed)
+        key = (self.hints, float(self.flaw_rate), self.max_drafts, self.max_tries, seed)
+        with _CACHE_LOCK:
+            hit = _CACHE.get(key)
+            if hit is not None:
+                _CACHE.move_to_end(key)
+        if hit is not None:
+            self.stats.update(hit[1])
+            return Task.from_dict(copy.deepcopy(hit[0]))
+        counts: Counter = Counter()
+        task = self._generate(seed, counts)
+        self.stats.update(counts)
+        with _CACHE_LOCK:
+            _CACHE[key] = (copy.deepcopy(task.to_dict()), counts)
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+        return task
+
+    def _generate(self, seed: int, stats: Counter) -> Task:
         hint = self.hints[int(np.random.default_rng([seed, 7]).integers(len(self.hints)))]
         for k in range(self.max_tries):
             task = generate_task(hint, seed * 1009 + k, flaw_rate=self.flaw_rate, max_drafts=self.max_drafts,
-                                 stats=self.stats)
+                                 stats=stats)
             if task is not None:
                 return task
+        self.stats.update(stats)
         raise RuntimeError(f"TaskGenerator: no accepted verifier for hint {hint!r} in {self.max_tries} tries "
                            f"(max_drafts={self.max_drafts}, flaw_rate={self.flaw_rate})")
