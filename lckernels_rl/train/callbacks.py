@@ -48,7 +48,8 @@ class TrainerCallback:
 
 
 # short name -> the class, or "module:Class" (imported on first use)
-_REGISTRY: dict[str, Any] = {"skill0_withdrawal": "lckernels_rl.envs.skills.skill0:SkillWithdrawalCallback"}
+_REGISTRY: dict[str, Any] = {"skill0_withdrawal": "lckernels_rl.envs.skills.skill0:SkillWithdrawalCallback",
+                             "noise_curriculum": "lckernels_rl.envs.tool_domains.callbacks:NoiseCurriculumCallback"}
 
 
 def register_callback(name: str, cls: type) -> None:

@@ -180,3 +180,96 @@ def test_wrapper_on_another_env_and_bad_input():
         NoiseWrapper("env", 0.5)
     with pytest.raises(ValueError, match="levels"):
         NoiseCurriculum(levels=(0.5, 0.2))
+
+
+def test_noise_curriculum_callback_with_a_fake_trainer():
+    """The callback drains the wrapper's outcome channel at each step's end, logs the clean / noisy success and
+    raises the level through ``trainer.set_env_args`` when the gap closes (expected values written by hand)."""
+    from types import SimpleNamespace
+
+    from lckernels_rl.envs.tool_domains.callbacks import NoiseCurriculumCallback
+    from lckernels_rl.envs.tool_domains.noise import drain_outcomes, record_outcome
+
+    class FakeTrainer:
+        def __init__(self):
+            self.config = SimpleNamespace(task=SimpleNamespace(env_args={
+                "domains": ["delivery"], "noise": {"level": 0.9, "fraction": 0.5, "curriculum": {"name": "x"}}}))
+            self.env_overrides = {"train": {}, "eval": {}}
+            self.calls = []
+
+        def set_env_args(self, eval=False, **kw):
+            self.calls.append(kw)
+            self.env_overrides["train"].update(kw)
+
+    tr = FakeTrainer()
+    cb = NoiseCurriculumCallback(levels=(0.2, 0.6), threshold=0.25, window=8, min_episodes=2, channel="t_cb")
+    record_outcome("t_cb", True, 1.0)  # left over from before the run: dropped
+    cb.on_train_begin(tr)
+    assert tr.calls == [{"noise": {"fraction": 0.5, "level": 0.2, "outcomes": "t_cb"}}]  # curriculum key removed
+
+    for n, r in ((False, 1.0), (True, 1.0)):  # warm-up step: outcomes dropped, no metrics added
+        record_outcome("t_cb", n, r)
+    m = {"phase": "sft"}
+    cb.on_step_end(tr, m)
+    assert m == {"phase": "sft"} and drain_outcomes("t_cb") == []
+
+    for n, r in ((False, 1.0), (False, 1.0), (True, 0.0), (True, 1.0)):  # gap 1 - 0.5 = 0.5 >= 0.25: stay
+        record_outcome("t_cb", n, r)
+    m = {"phase": "rl"}
+    cb.on_step_end(tr, m)
+    assert m == {"phase": "rl", "noise_level": 0.2, "noise_clean_success": 1.0, "noise_noisy_success": 0.5,
+                 "noise_gap": 0.5, "noise_level_raised": 0.0}
+    assert len(tr.calls) == 1
+
+    # windows now clean [1, 1, 1, 1], noisy [0, 1, 1, 1]: gap 1 - 0.75 = 0.25, not < 0.25: stay
+    for n, r in ((False, 1.0), (False, 1.0), (True, 1.0), (True, 1.0)):
+        record_outcome("t_cb", n, r)
+    m = {"phase": "rl"}
+    cb.on_step_end(tr, m)
+    assert m["noise_level"] == 0.2 and m["noise_level_raised"] == 0.0 and len(tr.calls) == 1
+    # the first outcome (clean 0) makes clean [1,1,1,1,0], noisy [0,1,1,1]: gap 0.8 - 0.75 = 0.05 < 0.25 -> level
+    # 0.6 (windows restart), set on the trainer
+    for n, r in ((False, 0.0), (True, 1.0), (True, 1.0)):
+        record_outcome("t_cb", n, r)
+    m = {"phase": "rl"}
+    cb.on_step_end(tr, m)
+    assert m["noise_level"] == 0.6 and m["noise_level_raised"] == 1.0
+    assert tr.calls[-1] == {"noise": {"fraction": 0.5, "level": 0.6, "outcomes": "t_cb"}}
+
+    state = cb.state_dict()
+    cb2 = NoiseCurriculumCallback(levels=(0.2, 0.6), threshold=0.25, window=8, min_episodes=2, channel="t_cb")
+    cb2.load_state_dict(state)
+    assert cb2.curriculum.level == 0.6 and cb2.base == {"fraction": 0.5}
+    with pytest.raises(ValueError, match="curriculum"):
+        cb2.load_state_dict({"stage": 1})
+    with pytest.raises(TypeError, match="noise"):
+        NoiseCurriculumCallback(noise=0.5)
+
+
+def test_wrapper_records_outcomes_on_its_channel():
+    from lckernels_rl.envs.tool_domains.noise import drain_outcomes
+
+    drain_outcomes("t_rec")
+    env = NoiseWrapper(ToolDomainEnv(), 1.0, fraction=1.0, counter=EpisodeCounter(), outcomes="t_rec")
+    v, _, _ = _solve(env, 2)
+    assert drain_outcomes("t_rec") == [(True, v.reward)] and drain_outcomes("t_rec") == []
+    with pytest.raises(TypeError, match="outcomes"):
+        NoiseWrapper(ToolDomainEnv(), 0.5, outcomes=3)
+
+
+def test_noise_curriculum_callback_through_the_trainer(tmp_path):
+    from lckernels_rl.train import load_config
+
+    from .tiny import TINY_LONGCAT, fit_rl_rows
+
+    cb = ("{target: 'lckernels_rl.envs.tool_domains.callbacks:NoiseCurriculumCallback', "
+          "args: {levels: [0.2, 0.5], threshold: 2.0, window: 4, min_episodes: 1}}")
+    cfg = load_config("tool_domains_easy", [
+        f"log.output_dir={tmp_path / 'run'}", "log.progress=false", "log.plots=false", "log.eval_every=0",
+        f"model.overrides={dict(TINY_LONGCAT, max_position_embeddings=512)}", "task.train_size=4", "task.eval_size=0",
+        "sft.steps=1", "sft.batch_size=2", "rl.steps=2", "rl.prompts_per_step=2", "rl.rollouts_per_step=4",
+        "rl.max_new_tokens=8", "agent.max_turns=2", "task.env_args.noise={fraction: 0.5}", f"callbacks=[{cb}]"])
+    rows = fit_rl_rows(cfg)
+    # threshold 2.0: any gap is below it, so the first RL step with both kinds of episodes raises 0.2 -> 0.5
+    assert [r["noise_level"] for r in rows] == [0.5, 0.5]
+    assert rows[0]["noise_level_raised"] == 1.0 and rows[0]["episodes"] == 4

@@ -280,3 +280,27 @@ def test_config_smoke_through_the_trainer(tmp_path):
     rows = fit_rl_rows(cfg)
     assert [r["step"] for r in rows] == [2, 3]
     assert "eval_accuracy" in rows[-1]
+
+
+def test_easy_preset_keeps_20_tools_and_two_tool_chains(tmp_path):
+    """The demo preset (tool_domains_easy.yaml): seed chains of two tools, still >= 20 tools per environment, still
+    solvable by the scripted agent; its config runs through the trainer."""
+    from lckernels_rl.train import load_config
+
+    from .tiny import TINY_LONGCAT, fit_rl_rows
+
+    env_args = load_config("tool_domains_easy", []).task.env_args
+    assert (env_args["max_chain"], env_args["distractors"], env_args["noise"]) == (2, 1, None)
+    env = ToolDomainEnv(domains="all", max_chain=2, distractors=1)
+    for s in range(24):
+        t = env.make_task(s)
+        assert len(t.chain) == 2 and len(t.tools) >= 20 and t.chain[0] == f"find_{t.path[0]}"
+        v, _, _ = _solve(env, s, max_turns=6)
+        assert v.reward == 1.0
+    cfg = load_config("tool_domains_easy", [
+        f"log.output_dir={tmp_path / 'run'}", "log.progress=false", "log.plots=false", "log.eval_every=2",
+        f"model.overrides={dict(TINY_LONGCAT, max_position_embeddings=512)}", "task.train_size=8", "task.eval_size=2",
+        "sft.steps=1", "sft.batch_size=2", "rl.steps=2", "rl.prompts_per_step=2", "rl.rollouts_per_step=4",
+        "rl.max_new_tokens=8", "agent.max_turns=3"])
+    rows = fit_rl_rows(cfg)
+    assert [r["step"] for r in rows] == [2, 3] and "eval_accuracy" in rows[-1]

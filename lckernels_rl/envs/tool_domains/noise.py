@@ -50,7 +50,8 @@ from ..tool_env import StepResult, ToolEnv, Verdict
 from .domains import NAMES
 
 __all__ = ["NoiseWrapper", "NoiseCurriculum", "EpisodeCounter", "FAILURE_ERRORS", "TOOL_NOISE", "USER_NOISE",
-           "failure", "incomplete", "erroneous", "redundant", "get_curriculum", "is_noisy_occurrence"]
+           "failure", "incomplete", "erroneous", "redundant", "get_curriculum", "is_noisy_occurrence",
+           "record_outcome", "drain_outcomes"]
 
 FAILURE_ERRORS = ("Error 401 Unauthorized", "Error 403 Forbidden", "Error 408 Request Timeout",
                   "Error 429 Too Many Requests")
@@ -219,7 +220,19 @@ class NoiseCurriculum:
                     self.clean, self.noisy = [], []
 
     def state_dict(self) -> dict:
-        return {"stage": self.stage, "clean": list(self.clean), "noisy": list(self.noisy)}
+        return {"stage": self.stage, "clean": list(self.clean), "noisy": list(self.noisy),
+                "history": [list(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or not isinstance(state.get("stage"), int) \
+                or not 0 <= state["stage"] < len(self.levels):
+            raise ValueError(f"NoiseCurriculum.load_state_dict: expected {{stage: 0..{len(self.levels) - 1}, "
+                             f"clean, noisy}}; got {state!r}")
+        with self._lock:
+            self.stage = state["stage"]
+            self.clean = [float(x) for x in state.get("clean", [])][-self.window:]
+            self.noisy = [float(x) for x in state.get("noisy", [])][-self.window:]
+            self.history = [(int(a), float(b)) for a, b in state.get("history", [])]
 
 
 _CURRICULA: dict[str, NoiseCurriculum] = {}
@@ -231,6 +244,24 @@ def get_curriculum(name: str = "default", **kwargs) -> NoiseCurriculum:
     if name not in _CURRICULA:
         _CURRICULA[name] = NoiseCurriculum(**kwargs)
     return _CURRICULA[name]
+
+
+_OUTCOMES: dict[str, list[tuple[bool, float]]] = {}
+_OUTCOMES_LOCK = threading.Lock()
+
+
+def record_outcome(channel: str, noisy: bool, reward: float) -> None:
+    """Append one verified episode's ``(noisy, reward)`` to the process-wide outcome ``channel``."""
+    with _OUTCOMES_LOCK:
+        _OUTCOMES.setdefault(channel, []).append((bool(noisy), float(reward)))
+
+
+def drain_outcomes(channel: str) -> list[tuple[bool, float]]:
+    """The outcomes recorded on ``channel`` since the last drain (then emptied): how a trainer callback
+    (:class:`~lckernels_rl.envs.tool_domains.callbacks.NoiseCurriculumCallback`) sees the clean / noisy success of
+    the rollouts of a step -- the trainer's step metrics carry no clean/noisy split."""
+    with _OUTCOMES_LOCK:
+        return _OUTCOMES.pop(channel, [])
 
 
 # ---------------------------------------------------------------------------------------------- wrapper
@@ -250,11 +281,14 @@ class NoiseWrapper(ToolEnv):
             :func:`get_curriculum`): the level follows it and each verified episode is recorded.
         salt: mixed into the noise seed.
         counter: the :class:`EpisodeCounter` (default: the process-wide one).
+        outcomes: ``None`` or a channel name: each verified episode's ``(noisy, reward)`` is recorded there
+            (:func:`record_outcome`; read by :class:`~lckernels_rl.envs.tool_domains.callbacks.NoiseCurriculumCallback`).
     """
 
     def __init__(self, env: ToolEnv, level: float = 0.5, *, types: Sequence[str] = TOOL_NOISE + USER_NOISE,
                  fraction: float = 1.0, max_per_episode: int = 2, interval_steps: int = 0, start_step: int = 1,
-                 curriculum: Optional[dict] = None, salt: int = 0, counter: Optional[EpisodeCounter] = None):
+                 curriculum: Optional[dict] = None, salt: int = 0, counter: Optional[EpisodeCounter] = None,
+                 outcomes: Optional[str] = None):
         if not isinstance(env, ToolEnv):
             raise TypeError(f"NoiseWrapper: `env` must be a ToolEnv; got {type(env).__name__}")
         for n, v in (("level", level), ("fraction", fraction)):
@@ -271,6 +305,9 @@ class NoiseWrapper(ToolEnv):
                 raise ValueError(f"NoiseWrapper: `{n}` must be an int >= {lo}; got {v!r}")
         if curriculum is not None and not isinstance(curriculum, dict):
             raise TypeError(f"NoiseWrapper: `curriculum` must be None or a dict; got {type(curriculum).__name__}")
+        if outcomes is not None and (not isinstance(outcomes, str) or not outcomes):
+            raise TypeError(f"NoiseWrapper: `outcomes` must be None or a channel name (str); got {outcomes!r}")
+        self.outcomes = outcomes
         self.env, self._level, self.types, self.fraction = env, float(level), types, float(fraction)
         self.max_per_episode, self.interval_steps, self.start_step = max_per_episode, interval_steps, start_step
         self.curriculum = None if curriculum is None else get_curriculum(**curriculum)
@@ -398,6 +435,8 @@ class NoiseWrapper(ToolEnv):
         info["noise_events"] = list(self.events)
         if self.curriculum is not None:
             self.curriculum.record(self.noisy, v.reward)
+        if self.outcomes is not None:
+            record_outcome(self.outcomes, self.noisy, v.reward)
         return dataclasses.replace(v, components=comps, info=info)
 
     def state(self):
