@@ -3,7 +3,7 @@ async with a staleness bound; local threads or Ray executors)."""
 
 from .base import RolloutBackend, Rollouts, check_generate_args
 from .hf import HFGenerateBackend
-from .driver import BatchingEngine, Domain, DoraScheduler, RolloutDriver, capacity_allows
+from .driver import BatchingEngine, Domain, DoraScheduler, EngineStopped, RolloutDriver, capacity_allows
 from .executors import LocalExecutor, RayExecutor, make_executor
 
 BACKENDS = ("hf", "vllm")
@@ -22,5 +22,5 @@ def make_backend(name: str, model, tokenizer, **kwargs) -> RolloutBackend:
 
 
 __all__ = ["BACKENDS", "RolloutBackend", "Rollouts", "HFGenerateBackend", "check_generate_args", "make_backend",
-           "RolloutDriver", "BatchingEngine", "Domain", "DoraScheduler", "capacity_allows", "LocalExecutor", "RayExecutor",
+           "RolloutDriver", "BatchingEngine", "EngineStopped", "Domain", "DoraScheduler", "capacity_allows", "LocalExecutor", "RayExecutor",
            "make_executor"]

@@ -58,7 +58,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["RolloutDriver", "DoraScheduler", "Domain", "BatchingEngine", "capacity_allows", "MODES"]
+__all__ = ["RolloutDriver", "DoraScheduler", "Domain", "BatchingEngine", "EngineStopped", "capacity_allows",
+           "MODES"]
 
 MODES = ("sync", "async")
 
@@ -69,6 +70,10 @@ def capacity_allows(accepted: int, running: int, version: int, *, max_staleness:
     1) * batch_groups`` and ``running <= max_inflight`` (AReaL's rule in groups; see the module docstring)."""
     return (accepted + running + 1 <= (max_staleness + version + 1) * batch_groups
             and running + 1 <= max_inflight)
+
+
+class EngineStopped(RuntimeError):
+    """A ``generate`` call on a :class:`BatchingEngine` after :meth:`BatchingEngine.stop`."""
 
 
 class BatchingEngine:
@@ -85,6 +90,7 @@ class BatchingEngine:
         self._pending: list[dict] = []
         self._leading = False
         self.calls = 0
+        self.stopped = False
 
     @property
     def version(self) -> int:
@@ -94,7 +100,15 @@ class BatchingEngine:
     def version(self, v: int) -> None:
         self.engine.version = v
 
+    def stop(self) -> None:
+        """Refuse every later ``generate`` (raises :class:`EngineStopped`): the driver's :meth:`RolloutDriver.close`
+        ends its in-flight episodes at their next turn instead of letting them sample on (and draw from torch's
+        global random stream) after the run."""
+        self.stopped = True
+
     def generate(self, requests):
+        if self.stopped:
+            raise EngineStopped("BatchingEngine: stopped (the rollout driver was closed)")
         slot = {"reqs": list(requests), "event": threading.Event()}
         with self._mutex:
             self._pending.append(slot)
@@ -260,8 +274,10 @@ class RolloutDriver:
         self._live: dict[int, _Group] = {}
         self._done: list[_Group] = []
         self._paused = False
+        self._closed = False
         self._started = False
         self._error: Optional[BaseException] = None
+        self._futures: set = set()  # episodes submitted and not yet finished (close() waits for them)
         self.admitted_log: list[int] = []  # group numbers in admission order (tests, metrics)
         self.admission_trace: list[tuple[int, int, int]] = []  # (accepted, running, version) after each admission
 
@@ -285,9 +301,16 @@ class RolloutDriver:
             self.admitted_log.append(seq)
             self.admission_trace.append((self.accepted, self.running, self.version))
             for k in range(self.group_size):
-                self.executor.submit(lambda g=g, k=k: self._episode(g, k))
+                self._futures.add(self.executor.submit(lambda g=g, k=k: self._episode(g, k)))
 
     def _episode(self, g: _Group, k: int) -> None:
+        try:
+            self._run_group_episode(g, k)
+        finally:
+            with self._cv:
+                self._futures = {f for f in self._futures if not f.done()}
+
+    def _run_group_episode(self, g: _Group, k: int) -> None:
         dom = self.domains[g.domain]
         try:
             env = self.executor.env(dom.make_env)
@@ -297,6 +320,8 @@ class RolloutDriver:
                 self.executor.release(env)
         except BaseException as e:  # not an env failure (the loop catches those): a bug, surfaced in next()
             with self._cv:
+                if self._closed:  # stopped by close(): the episode is dropped with the run
+                    return
                 self._error = e
                 self._cv.notify_all()
             return
@@ -414,11 +439,22 @@ class RolloutDriver:
             self._queue = [tuple(p) for p in state["pending"]]
             self.rng.bit_generator.state = state["rng"]
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop admitting, end the in-flight episodes at their next turn (the engine is stopped) and wait up to
+        ``timeout_s`` for their threads, so nothing samples on after the run (a later run in the same process
+        would otherwise see its random stream drawn from; its results would depend on timing)."""
         if self.mode == "async":
+            from concurrent.futures import wait
+
             with self._cv:
                 self._paused = True
+                self._closed = True
+                futures = set(self._futures)
+            if self.engine is not None and hasattr(self.engine, "stop"):
+                self.engine.stop()
+            running = [f for f in futures if not f.cancel()]  # the not-yet-started ones never start
             self.executor.close()
+            wait(running, timeout=timeout_s)
 
     @property
     def pool(self):

@@ -18,7 +18,7 @@ from lckernels_rl.agents.renderer import PLAIN_CHAT_TOKENS, PlainChatRenderer  #
 from lckernels_rl.agents.types import Message  # noqa: E402
 from lckernels_rl.envs.tool_env import StepResult, ToolEnv, Verdict  # noqa: E402
 from lckernels_rl.models import build_char_tokenizer  # noqa: E402
-from lckernels_rl.rollout import (BatchingEngine, Domain, DoraScheduler, LocalExecutor, RolloutDriver,  # noqa: E402
+from lckernels_rl.rollout import (BatchingEngine, Domain, DoraScheduler, EngineStopped, LocalExecutor, RolloutDriver,  # noqa: E402
                                   capacity_allows)
 from lckernels_rl.rollout.engine import ScriptedEngine  # noqa: E402
 from lckernels_rl.train.allocation import PromptPool  # noqa: E402
@@ -168,6 +168,25 @@ def test_max_inflight_caps_running_groups(tok):
     finally:
         gate.set()
         drv.close()
+
+
+def test_close_ends_in_flight_episodes_so_nothing_samples_after_it(tok):
+    """After close() no episode of the run calls the engine again (a later run in the process would otherwise see
+    its random stream drawn from, depending on timing) and every episode thread has finished."""
+    drv, engine = make_driver(tok, env_kwargs={"delay": 0.2}, B=2, G=2, s=1)
+    with drv._cv:
+        drv._started = True
+        drv._fill()
+    time.sleep(0.1)  # episodes are mid-way (each turn's step sleeps 200 ms)
+    futures = set(drv._futures)
+    assert futures and not all(f.done() for f in futures)
+    drv.close(timeout_s=5)
+    assert all(f.done() for f in futures)
+    calls = engine.engine.calls
+    time.sleep(0.2)
+    assert engine.engine.calls == calls and engine.stopped
+    with pytest.raises(EngineStopped):
+        engine.generate([])
 
 
 # ------------------------------------------------------------------ versions per token
