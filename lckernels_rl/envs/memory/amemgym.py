@@ -106,12 +106,18 @@ def parse_memory(text: str) -> dict[str, str]:
     m = _MEMORY_RE.fullmatch(text or "")
     if m is None:
         raise ValueError("expected exactly <memory>name value, ...</memory>")
+    return parse_entries(m.group(1), "memory", "name")
+
+
+def parse_entries(body: str, what: str, key: str) -> dict[str, str]:
+    """The comma-separated ``key value`` pairs of a tag's ``body`` (lower-case words; insertion order, a later key
+    overrides and moves to the end); a malformed entry raises ``ValueError`` naming the ``what`` entry."""
     out: dict[str, str] = {}
-    body = m.group(1).strip()
+    body = body.strip()
     for entry in body.split(",") if body else []:
         e = _ENTRY_RE.fullmatch(entry.strip())
         if e is None:
-            raise ValueError(f"memory entry {entry.strip()!r} is not 'name value' (lower-case words)")
+            raise ValueError(f"{what} entry {entry.strip()!r} is not '{key} value' (lower-case words)")
         out.pop(e.group(1), None)
         out[e.group(1)] = e.group(2)
     return out

@@ -72,7 +72,7 @@ import numpy as np
 from lckernels_rl.agents.types import Message
 
 from ..tool_env import StepResult, ToolEnv, Verdict
-from .amemgym import format_memory, parse_memory
+from .amemgym import format_memory, parse_entries, parse_memory
 from ._scripted import scripted_texts
 
 __all__ = ["VitaPersonalEnv", "PREFS", "DOMAINS", "BACKENDS", "parse_action", "sliding_windows", "judge_subtask",
@@ -126,15 +126,7 @@ def parse_action(text: str) -> dict[str, str]:
     m = _ACTION_RE.fullmatch(text or "")
     if m is None:
         raise ValueError("expected exactly <action>slot value, ...</action>")
-    out: dict[str, str] = {}
-    body = m.group(1).strip()
-    for entry in body.split(",") if body else []:
-        e = _ENTRY_RE.fullmatch(entry.strip())
-        if e is None:
-            raise ValueError(f"action entry {entry.strip()!r} is not 'slot value' (lower-case words)")
-        out.pop(e.group(1), None)
-        out[e.group(1)] = e.group(2)
-    return _check_entries(out)
+    return _check_entries(parse_entries(m.group(1), "action", "slot"))
 
 
 def parse_note(text: str) -> dict[str, str]:
