@@ -280,8 +280,9 @@ class Trainer:
             text += "\n" + "".join(sorted({c for r in ("system", "user", "assistant", "tool") for c in r}))
         m = self.config.model
         if m.tokenizer == "char":
-            return build_tokenizer("char", alphabet=getattr(probe, "alphabet", "") + text,
-                                   extra_special_tokens=extra)
+            alphabet = getattr(probe, "alphabet", "") + text
+            _warn_unknown_chars(probe, alphabet, self.config.task.env)
+            return build_tokenizer("char", alphabet=alphabet, extra_special_tokens=extra)
         corpus = list(probe.tokenizer_corpus()) + ([text] if text else [])
         for i in range(256):  # the task's own text: opening messages and demonstrations
             msgs, _ = probe.reset(seed=CORPUS_SEED_OFFSET + i)
@@ -711,6 +712,27 @@ class Trainer:
             self.driver.close()
         if self.engine is not None:
             self.engine.close()
+
+
+def _warn_unknown_chars(probe, alphabet: str, name: str, seeds: int = 32) -> None:
+    """A character tokenizer maps every character outside its alphabet to ``<unk>``: warn (naming them) when the
+    task's opening messages or demonstrations of the first ``seeds`` tasks hold such characters, since the policy
+    could then never read or write them."""
+    known, missing = set(alphabet), set()
+    for i in range(seeds):
+        try:
+            msgs, _ = probe.reset(seed=CORPUS_SEED_OFFSET + i)
+            texts = [mm.content for mm in msgs] + [probe.demonstration(msgs) or ""]
+        except Exception:  # a probe that cannot reset here says nothing about its alphabet
+            return
+        for t in texts:
+            missing |= set(t or "") - known
+    if missing:
+        import warnings
+
+        warnings.warn(f"model.tokenizer=char: task.env={name!r} texts hold characters outside the environment's "
+                      f"alphabet {''.join(sorted(missing))!r}; they become <unk> (add them to the env's `alphabet`, "
+                      f"or use model.tokenizer: bpe)", UserWarning, stacklevel=3)
 
 
 def _hian_no_scalar(rewards, group_index):

@@ -232,3 +232,20 @@ def test_hian_with_an_objective_needing_scalar_advantages_is_clear(tmp_path):
             tr._context().advantage_fn(torch.zeros(2), torch.zeros(2, dtype=torch.long))
     finally:
         tr.close()
+
+
+def test_char_tokenizer_warns_about_characters_outside_the_env_alphabet(tmp_path):
+    """An env whose texts hold a character its `alphabet` lacks ('9' here): the char tokenizer would turn it into
+    <unk>, so building the trainer warns and names it; the complete alphabet builds silently."""
+    from lckernels_rl.envs import register_env
+    from lckernels_rl.envs.arithmetic import ArithmeticEnv
+
+    class No9(ArithmeticEnv):
+        alphabet = "012345678+-*="
+
+    register_env("arith_no9_test", No9)
+    with pytest.warns(UserWarning, match=r"outside the environment's alphabet '9'"):
+        Trainer(tiny_config(tmp_path, task={"env": "arith_no9_test", "env_args": {"max_value": 99}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(tiny_config(tmp_path / "ok", task={"env": "arithmetic", "env_args": {"max_value": 99}}))
