@@ -175,7 +175,7 @@ def test_rl_step_multi_turn_config_with_warm_start(tmp_path):
 def test_rollout_driver_benchmark_sync_and_async(tmp_path, engine):
     """One tiny budget per provider (local executors): both engines produce episodes and tokens; a bad engine name
     is a clear error."""
-    rows = bench.run("rollout_driver", steps=[1], groups=2, group_size=2, tool_ms=1.0, train_ms=1.0, engine=engine,
+    rows = bench.run("rollout_driver", steps=[2], groups=2, group_size=2, tool_ms=1.0, train_ms=1.0, engine=engine,
                      max_new_tokens=2, providers=["sync", "async-s1-local"], repeats=1, warmup=0, memory=False,
                      out=tmp_path / "r.csv", plot_dir=None, device="cpu")
     eps = {r["provider"]: r["median"] for r in rows if r["metric"] == "episodes_per_s"}

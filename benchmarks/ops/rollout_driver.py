@@ -194,6 +194,7 @@ class Budget:
         else:
             inner, new = _SlowEngine([x, x], 2, float(p["gen_ms"])), 4
         eng = BatchingEngine(inner, window_s=0.001)
+        policy = _POLICY if p["engine"] == "hf" else None  # the "update" reloads the same weights
         loop = AgentLoop(eng, PlainChatRenderer(tok), parser=None, budget=EpBudget(max_turns=8, max_new_tokens=new),
                          tools_in_prompt=False, max_env_workers=64)
         make_env = _EnvFactory(float(p["tool_ms"]), float(p["alpha"]))
@@ -208,7 +209,7 @@ class Budget:
                 episodes += len(trajs)
                 tokens += sum(t.to_sample().num_sampled for t in trajs)
                 time.sleep(train_s)
-                eng.sync_weights(None)
+                eng.sync_weights(policy)
         else:
             s = int(self.provider.split("-")[1][1:])
             ex = _ray_executor(int(p["ray_workers"])) if self.provider.endswith("ray") else \
@@ -237,7 +238,7 @@ class Budget:
                 tokens += sum(sm.num_sampled for sm in res.samples)
                 with drv.weight_sync():
                     time.sleep(train_s)
-                    eng.sync_weights(None)
+                    eng.sync_weights(policy)
             with drv._cv:
                 drv._paused = True
             if self.provider.endswith("local"):

@@ -74,6 +74,9 @@ class HFGenerateBackend:
         self.batch_size = int(batch_size)
 
     def sync_weights(self, model) -> None:
+        if model is None:
+            raise TypeError("HFGenerateBackend.sync_weights: `model` must be the policy module to generate with; "
+                            "got None")
         if model is not self.model:
             self.model = model
 
