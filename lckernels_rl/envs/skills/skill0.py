@@ -82,7 +82,7 @@ class Skill0Env(ToolEnv):
     name: ClassVar[str] = "skill0"
     blocking = False
     protocol_tokens: ClassVar[tuple[str, ...]] = ("<answer>", "</answer>", "<skills>", "</skills>")
-    alphabet: ClassVar[str] = "abcdefghijklmnopqrstuvwxyz0123456789 .:_<>/\n"
+    alphabet: ClassVar[str] = "abcdefghijklmnopqrstuvwxyz0123456789 .:;_<>/\n"  # ";" separates the skills
 
     def __init__(self, skill_seed: int = 0, skills: Literal["schedule", "all", "none"] = "schedule",
                  schedule_id: str = "default", active: Optional[Sequence[str]] = None):
