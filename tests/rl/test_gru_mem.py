@@ -17,6 +17,8 @@ from lckernels_rl.envs.memory.gru_mem import GRUMemEnv, exit_reward, parse_gate_
 from lckernels_rl.models import build_char_tokenizer  # noqa: E402
 from lckernels_rl.train.sources import DemonstrationEngine  # noqa: E402
 
+from .tiny import run_scripted  # noqa: E402
+
 # six chunks; the asked key ab sits in chunk 1 (0-based), a distractor key zz in chunk 3
 TASK = {"chunks": ["a b", "x note ab=42.", "c d", "y note zz=7.", "e f", "g h"],
         "query": ["ab"], "answers": {"ab": "42"}, "evidence": [1]}
@@ -27,13 +29,7 @@ def G(update, memory, exit_):
 
 
 def _run(env, turns, task=TASK):
-    env.reset(task=task)
-    res = []
-    for t in turns:
-        res.append(env.step(Message("assistant", t)))
-        if res[-1].terminated:
-            break
-    return env.verify(None), res
+    return run_scripted(env, turns, task)
 
 
 def test_gated_reader_exiting_at_the_evidence():
