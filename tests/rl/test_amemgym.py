@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from lckernels_rl.agents import AgentLoop, Budget, Message  # noqa: E402
+from lckernels_rl.agents import AgentLoop, Budget  # noqa: E402
 from lckernels_rl.agents.renderer import PLAIN_CHAT_TOKENS, make_renderer  # noqa: E402
 from lckernels_rl.envs import make_tool_env  # noqa: E402
 from lckernels_rl.envs.memory.amemgym import AMemGymEnv, parse_memory  # noqa: E402
