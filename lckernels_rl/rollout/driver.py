@@ -277,7 +277,7 @@ class RolloutDriver:
         self._closed = False
         self._started = False
         self._error: Optional[BaseException] = None
-        self._futures: set = set()  # episodes submitted and not yet finished (close() waits for them)
+        self._futures: set = set()  # episodes submitted and not yet done (each removes itself; close() waits)
         self.admitted_log: list[int] = []  # group numbers in admission order (tests, metrics)
         self.admission_trace: list[tuple[int, int, int]] = []  # (accepted, running, version) after each admission
 
@@ -301,16 +301,11 @@ class RolloutDriver:
             self.admitted_log.append(seq)
             self.admission_trace.append((self.accepted, self.running, self.version))
             for k in range(self.group_size):
-                self._futures.add(self.executor.submit(lambda g=g, k=k: self._episode(g, k)))
+                f = self.executor.submit(lambda g=g, k=k: self._episode(g, k))
+                self._futures.add(f)
+                f.add_done_callback(self._futures.discard)
 
     def _episode(self, g: _Group, k: int) -> None:
-        try:
-            self._run_group_episode(g, k)
-        finally:
-            with self._cv:
-                self._futures = {f for f in self._futures if not f.done()}
-
-    def _run_group_episode(self, g: _Group, k: int) -> None:
         dom = self.domains[g.domain]
         try:
             env = self.executor.env(dom.make_env)

@@ -90,10 +90,10 @@ _ANSWER_RE = re.compile(r"\s*<answer>\s*(\d+)\s*</answer>\s*", re.S)
 _ENTRY_RE = re.compile(r"([a-z]+) ([a-z]+)")
 
 
-def _int_arg(name: str, v, lo: int, hi: Optional[int] = None) -> int:
+def _int_arg(name: str, v, lo: int, hi: Optional[int] = None, who: str = "AMemGymEnv") -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
         rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"AMemGymEnv: `{name}` must be an int {rng}; got {v!r}")
+        raise ValueError(f"{who}: `{name}` must be an int {rng}; got {v!r}")
     return int(v)
 
 

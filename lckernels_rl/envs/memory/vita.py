@@ -72,6 +72,7 @@ import numpy as np
 from lckernels_rl.agents.types import Message
 
 from ..tool_env import StepResult, ToolEnv, Verdict
+from .amemgym import _int_arg as _amemgym_int_arg
 from .amemgym import format_memory, parse_entries, parse_memory
 from ._scripted import scripted_texts
 
@@ -104,10 +105,7 @@ MEMORY_PROMPT = "write memory."
 
 
 def _int_arg(name: str, v, lo: int, hi: Optional[int] = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"VitaPersonalEnv: `{name}` must be an int {rng}; got {v!r}")
-    return int(v)
+    return _amemgym_int_arg(name, v, lo, hi, who="VitaPersonalEnv")
 
 
 def _check_entries(entries: dict[str, str]) -> dict[str, str]:
