@@ -69,10 +69,15 @@ def test_bundled_configs_are_package_data():
     here = {p.stem for p in (REPO / "lckernels_rl" / "configs").glob("*.yaml")}
     assert set(bundled_configs()) == here and BUNDLED <= here
     assert resolve_config_path("default.yaml") == resolve_config_path("default") == bundled_configs()["default"]
-    assert not (REPO / "configs").exists()
+    # ``configs`` at the top level is only a link to the bundled directory (so the issues' spelling
+    # ``--config configs/trust_sql.yaml`` works from a clone), never a second copy that could drift
+    assert (REPO / "configs").is_symlink()
+    assert (REPO / "configs").resolve() == (REPO / "lckernels_rl" / "configs").resolve()
     assert '"configs/*.yaml"' in (REPO / "pyproject.toml").read_text()
+    assert resolve_config_path(str(REPO / "configs" / "trust_sql.yaml")).resolve() == \
+        bundled_configs()["trust_sql"].resolve()
     with pytest.raises(ConfigError, match="bundled configs: agent_kv_lookup, .*default, "):
-        resolve_config_path("configs/default.yaml")  # the old repository path is gone
+        resolve_config_path("no_such_dir/default.yaml")  # a path that is no file is not silently a bundled name
 
 
 @pytest.fixture(scope="module")

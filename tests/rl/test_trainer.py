@@ -62,17 +62,6 @@ def test_bundled_configs_load_and_overrides_apply():
     assert (cfg.rl.steps, cfg.rl.objective_args, cfg.model.arch) == (7, {"eps_high": 0.28}, "qwen3")
     with pytest.raises(ConfigError, match="not found"):
         load_config("no_such_config")
-
-
-def test_repo_configs_dir_is_the_bundled_one():
-    """``lckernels-rl train --config configs/trust_sql.yaml`` from a clone (the issues' spelling): ``configs`` at
-    the repository root is a link to the package's bundled configs, not a second copy that could drift."""
-    from lckernels_rl.train.config import bundled_configs
-
-    root = Path(__file__).resolve().parents[2]
-    assert (root / "configs").is_symlink()
-    for name, path in bundled_configs().items():
-        assert (root / "configs" / f"{name}.yaml").resolve() == Path(path).resolve()
     with pytest.raises(ConfigError, match="section.field=value"):
         load_config("default", ["rl.steps"])
 
