@@ -185,6 +185,7 @@ def test_close_ends_in_flight_episodes_so_nothing_samples_after_it(tok):
     calls = engine.engine.calls
     time.sleep(0.2)
     assert engine.engine.calls == calls and engine.stopped
+    assert not drv._futures  # each finished episode removed itself (done-callbacks run just after wait returns)
     with pytest.raises(EngineStopped):
         engine.generate([])
 
